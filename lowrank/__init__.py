@@ -1,0 +1,40 @@
+"""lowrank: matrix and tensor factorizations as fast, trustworthy deep-learning layers.
+
+Example:
+    >>> import torch
+    >>> from lowrank import build_block
+    >>> block = build_block("factorizer(mixer=nmf(rank=1, iters=5), matricize=swin(patch=4, head_dim=8))", 32)
+    >>> block(torch.randn(2, 32, 12, 12, 12)).shape
+    torch.Size([2, 32, 12, 12, 12])
+"""
+
+from .build import (
+    build,
+    build_block,
+    build_conv,
+    build_matricize,
+    build_net,
+    build_solver,
+)
+from .registry import KINDS, get_part, list_parts, register
+from .spec import Spec, SpecError, SpecKeywordError, parse_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "Spec",
+    "SpecError",
+    "SpecKeywordError",
+    "__version__",
+    "build",
+    "build_block",
+    "build_conv",
+    "build_matricize",
+    "build_net",
+    "build_solver",
+    "get_part",
+    "list_parts",
+    "parse_spec",
+    "register",
+]

@@ -1,0 +1,420 @@
+"""Building parts from specs: validation against constructor signatures, then construction.
+
+A spec may be given as
+
+- a string in the grammar of :mod:`lowrank.spec`,
+- a :class:`~lowrank.spec.Spec`,
+- a MONAI-style ``(name, {kwargs})`` tuple or list,
+- a dict ``{"name": ..., **kwargs}``,
+- a class or callable (called with the context and overrides), or an ``nn.Module`` instance
+  (returned unchanged).
+
+Each keyword is checked against the part constructor's signature and type hints *before*
+anything is built, so a typo deep inside a nested spec is reported with a caret under it.
+Which registry a nested name is looked up in is decided by the parameter's declared type
+(:data:`SolverSpec`, :data:`MatricizeSpec`, ...), never by guessing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, Union
+
+import torch
+from torch import nn
+
+from .registry import get_part_info
+from .spec import NAME_RE, Spec, SpecError, SpecKeywordError, parse_spec
+
+__all__ = [
+    "PartOf",
+    "MonaiLayer",
+    "SolverSpec",
+    "UpdateSpec",
+    "InitSpec",
+    "MatricizeSpec",
+    "BlockSpec",
+    "ConvSpec",
+    "NetSpec",
+    "LayerSpec",
+    "KIND_CONTEXT",
+    "as_spec",
+    "validate",
+    "build",
+    "build_solver",
+    "build_matricize",
+    "build_block",
+    "build_conv",
+    "build_net",
+    "spec_from_call",
+]
+
+
+class PartOf:
+    """Type-hint marker: the parameter takes a spec of a part of ``kind``."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"PartOf({self.kind!r})"
+
+
+class MonaiLayer:
+    """Type-hint marker: a MONAI layer name, ``str | (name, {kwargs})`` (norm, act, ...)."""
+
+
+_SpecLike = Union[str, Spec, tuple, list, dict, Callable, nn.Module]
+SolverSpec = Annotated[_SpecLike, PartOf("solver")]
+UpdateSpec = Annotated[_SpecLike, PartOf("update")]
+InitSpec = Annotated[_SpecLike, PartOf("init")]
+MatricizeSpec = Annotated[_SpecLike, PartOf("matricize")]
+BlockSpec = Annotated[_SpecLike, PartOf("block")]
+ConvSpec = Annotated[_SpecLike, PartOf("conv")]
+NetSpec = Annotated[_SpecLike, PartOf("net")]
+LayerSpec = Annotated[Union[str, tuple, None], MonaiLayer()]
+
+#: Per kind, the arguments the *caller* supplies (a block's channels, a net's in/out
+#: channels, ...). They are passed only if the constructor accepts them, a spec that sets
+#: one to a different value is an error, and they are left out of the recorded spec.
+KIND_CONTEXT: dict[str, tuple[str, ...]] = {
+    "solver": (),
+    "update": (),
+    "init": ("rank",),
+    "matricize": ("channels", "spatial_dims"),
+    "block": ("channels", "spatial_dims"),
+    "conv": (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "spatial_dims",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "bias",
+    ),
+    "net": ("in_channels", "out_channels", "spatial_dims"),
+}
+
+
+class _Mismatch(Exception):
+    """A value does not fit a type hint (internal)."""
+
+
+def as_spec(spec: Any) -> Spec | Callable | nn.Module:
+    """Normalize the accepted spec forms to a :class:`Spec` (callables/modules pass through).
+
+    Raises:
+        SpecError: a malformed string or a form that is not a spec.
+    """
+    if isinstance(spec, Spec):
+        return spec
+    if isinstance(spec, str):
+        return parse_spec(spec)
+    if isinstance(spec, (tuple, list)):
+        if len(spec) in (1, 2) and isinstance(spec[0], str):
+            kwargs = dict(spec[1]) if len(spec) == 2 else {}
+            if len(spec) == 2 and not isinstance(spec[1], Mapping):
+                raise SpecError(f"a (name, kwargs) spec needs a dict of kwargs, got {spec[1]!r}")
+            return Spec(spec[0], kwargs)
+        raise SpecError(f"a tuple/list spec must be (name, {{kwargs}}), got {spec!r}")
+    if isinstance(spec, Mapping):
+        if "name" not in spec:
+            raise SpecError(f"a dict spec needs a 'name' key, got keys {sorted(spec)}")
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        return Spec(spec["name"], kwargs)
+    if isinstance(spec, nn.Module) or callable(spec):
+        return spec
+    raise SpecError(f"cannot read a spec from {type(spec).__name__} {spec!r}")
+
+
+def _describe(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or repr(annotation)
+    return text.replace("typing.", "")
+
+
+def _strip_annotated(annotation: Any) -> tuple[Any, list]:
+    if typing.get_origin(annotation) is Annotated:
+        base, *meta = typing.get_args(annotation)
+        return base, meta
+    return annotation, []
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Check ``value`` against ``annotation`` and convert grammar values to what it expects."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return value
+    base, meta = _strip_annotated(annotation)
+    for marker in meta:
+        if isinstance(marker, PartOf):
+            if value is None:
+                return None
+            normalized = as_spec(value) if not isinstance(value, bool) else value
+            if isinstance(normalized, Spec):
+                validate(marker.kind, normalized)
+                return normalized
+            if isinstance(normalized, nn.Module) or callable(normalized):
+                return normalized
+            raise _Mismatch(f"a {marker.kind} spec")
+        if isinstance(marker, MonaiLayer):
+            if isinstance(value, Spec):
+                return (value.name, dict(value.kwargs)) if value.kwargs else value.name
+            if value is None or isinstance(value, (str, tuple)):
+                return value
+            raise _Mismatch("a layer name or (name, {kwargs})")
+    origin = typing.get_origin(base)
+    args = typing.get_args(base)
+    if base is type(None):
+        if value is None:
+            return None
+        raise _Mismatch("none")
+    if origin is Union or (origin is not None and origin.__name__ == "UnionType"):
+        for arm in sorted(args, key=lambda a: a is type(None)):
+            try:
+                return _coerce(value, arm)
+            except _Mismatch:
+                continue
+        raise _Mismatch(" | ".join(_describe(a) for a in args))
+    if origin is Literal:
+        candidate = value.name if isinstance(value, Spec) and not value.kwargs else value
+        if candidate in args:
+            return candidate
+        raise _Mismatch("one of " + ", ".join(repr(a) for a in args))
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch("true or false")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch("an integer")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch("a number")
+    if base is str:
+        if isinstance(value, Spec) and not value.kwargs:
+            return value.name
+        if isinstance(value, str):
+            return value
+        raise _Mismatch("a string")
+    if origin in (list, tuple, Sequence) or base in (list, tuple, Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch(_describe(base))
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise _Mismatch(f"{len(args)} values")
+            return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
+        item = args[0] if args else Any
+        items = [_coerce(v, item) for v in value]
+        return tuple(items) if (origin is tuple or base is tuple) else items
+    if origin in (dict, Mapping) or base in (dict, Mapping):
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise _Mismatch("a mapping")
+    if isinstance(base, type):
+        if isinstance(value, base):
+            return value
+        raise _Mismatch(_describe(base))
+    return value
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, Spec):
+        return f"name {value.name!r}" if not value.kwargs else f"spec {value}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _signature(obj: Callable) -> tuple[inspect.Signature, dict[str, Any]]:
+    target = obj.__init__ if isinstance(obj, type) else obj
+    signature = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:  # unresolvable forward references: validate names only
+        hints = {}
+    return signature, hints
+
+
+def _accepted(signature: inspect.Signature) -> tuple[list[str], bool]:
+    names, var_kw = [], False
+    for i, (name, param) in enumerate(signature.parameters.items()):
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            var_kw = True
+        elif param.kind is not inspect.Parameter.VAR_POSITIONAL and not (i == 0 and name == "self"):
+            names.append(name)
+    return names, var_kw
+
+
+def validate(kind: str, spec: Spec) -> Spec:
+    """Check a spec (recursively) against the registry and constructor signatures.
+
+    Args:
+        kind: the kind the spec's name is looked up in.
+        spec: a parsed spec.
+
+    Returns:
+        A spec whose values are converted to what the constructor expects (e.g. bare names
+        for string parameters become strings, MONAI layer specs become ``(name, kwargs)``).
+
+    Raises:
+        SpecError: unknown part name (with "did you mean"), a value of the wrong type.
+        SpecKeywordError: a keyword the part does not accept (with the accepted ones).
+    """
+    try:
+        info = get_part_info(kind, spec.name)
+    except ValueError as err:
+        raise spec.error(str(err)) from None
+    signature, hints = _signature(info.obj)
+    accepted, var_kw = _accepted(signature)
+    context = KIND_CONTEXT.get(kind, ())
+    coerced: dict[str, Any] = {}
+    for key, value in spec.kwargs.items():
+        if key not in accepted and not var_kw:
+            from .registry import did_you_mean
+
+            options = [a for a in accepted if a not in context]
+            raise spec.error(
+                f"{info.name}() has no keyword {key!r};{did_you_mean(key, options)} "
+                f"accepted: {', '.join(options) or '(none)'}",
+                key,
+                "key",
+                SpecKeywordError,
+            )
+        try:
+            coerced[key] = _coerce(value, hints.get(key, signature.parameters.get(key).annotation
+                                                    if key in signature.parameters else Any))
+        except _Mismatch as err:
+            raise spec.error(f"{info.name}({key}=...) expects {err}, got {_what(value)}", key, "value") from None
+    return Spec(info.name, coerced, spec.where)
+
+
+def build(kind: str, spec: Any, /, **arguments: Any) -> Any:
+    """Build a part of ``kind`` from any accepted spec form.
+
+    Args:
+        kind: the part kind.
+        spec: a spec in any accepted form (see the module docstring).
+        **arguments: the kind's context arguments (see :data:`KIND_CONTEXT`; passed only if the
+            constructor takes them) and keyword overrides (win over the spec; ``None`` dropped).
+
+    Returns:
+        The built part.
+
+    Raises:
+        SpecError, SpecKeywordError: see :func:`validate`; also a spec that contradicts a
+            context argument.
+    """
+    normalized = as_spec(spec)
+    context_keys = KIND_CONTEXT.get(kind, ())
+    context = {k: v for k, v in arguments.items() if k in context_keys and v is not None}
+    overrides = {k: v for k, v in arguments.items() if k not in context_keys and v is not None}
+    if not isinstance(normalized, Spec):
+        if isinstance(normalized, nn.Module) and not isinstance(normalized, type):
+            if overrides:
+                raise TypeError(f"cannot apply overrides {sorted(overrides)} to a built module")
+            return normalized
+        signature, _ = _signature(normalized)
+        accepted, var_kw = _accepted(signature)
+        given = {k: v for k, v in context.items() if var_kw or k in accepted}
+        return normalized(**given, **overrides)
+    merged = normalized.replace(**overrides)
+    checked = validate(kind, Spec(merged.name, merged.kwargs, normalized.where))
+    info = get_part_info(kind, checked.name)
+    signature, _ = _signature(info.obj)
+    accepted, var_kw = _accepted(signature)
+    for key, value in context.items():
+        if key in checked.kwargs and checked.kwargs[key] != value:
+            raise checked.error(
+                f"{key}={checked.kwargs[key]!r} in the spec contradicts {key}={value!r} given by "
+                f"the caller: leave {key!r} out of the spec",
+                key,
+                "key",
+            )
+    given = {k: v for k, v in context.items() if (var_kw or k in accepted) and k not in checked.kwargs}
+    return info.obj(**given, **checked.kwargs)
+
+
+def build_solver(spec: Any, /, **overrides: Any) -> nn.Module:
+    """Build a factorization layer (``X: (*batch, M, N) -> (*batch, M, N)``)."""
+    return build("solver", spec, **overrides)
+
+
+def build_matricize(
+    spec: Any, /, channels: int | None = None, *, spatial_dims: int | None = None, **overrides: Any
+) -> nn.Module:
+    """Build a matricizer (``(B, C, *S) -> matrices, ctx`` and back)."""
+    return build("matricize", spec, channels=channels, spatial_dims=spatial_dims, **overrides)
+
+
+def build_block(spec: Any, /, channels: int, *, spatial_dims: int = 3, **overrides: Any) -> nn.Module:
+    """Build a shape-preserving block ``(B, channels, *S) -> (B, channels, *S)``.
+
+    Example:
+        >>> import torch
+        >>> from lowrank import build_block
+        >>> block = build_block("factorizer(mixer=nmf(rank=1), matricize=swin(patch=4, head_dim=8))", 16)
+        >>> block(torch.randn(1, 16, 8, 8, 8)).shape
+        torch.Size([1, 16, 8, 8, 8])
+    """
+    return build("block", spec, channels=channels, spatial_dims=spatial_dims, **overrides)
+
+
+def build_conv(
+    spec: Any,
+    /,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | Sequence[int] = 3,
+    *,
+    spatial_dims: int = 3,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a convolution ``(B, in_channels, *S) -> (B, out_channels, *S')``.
+
+    Stride, padding, dilation, groups and bias may be given as keywords.
+    """
+    context = {k: overrides.pop(k) for k in list(overrides) if k in KIND_CONTEXT["conv"]}
+    return build(
+        "conv",
+        spec,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=kernel_size,
+        spatial_dims=spatial_dims,
+        **context,
+        **overrides,
+    )
+
+
+def build_net(
+    spec: Any, /, in_channels: int, out_channels: int, *, spatial_dims: int = 3, **overrides: Any
+) -> nn.Module:
+    """Build a network ``(B, in_channels, *S) -> (B, out_channels, *S)``."""
+    return build(
+        "net", spec, in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **overrides
+    )
+
+
+def _to_spec_value(value: Any) -> Any:
+    if isinstance(value, (Spec, bool, int, float, str)) or value is None:
+        return value
+    spec = getattr(value, "spec", None)
+    if isinstance(value, nn.Module) and isinstance(spec, Spec):
+        return spec
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], Mapping):
+        if NAME_RE.fullmatch(value[0]) and all(isinstance(k, str) and NAME_RE.fullmatch(k) for k in value[1]):
+            return Spec(value[0], {k: _to_spec_value(v) for k, v in value[1].items()})
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_spec_value(v) for v in value)
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return f"<{type(value).__name__}>"
+
+
+def spec_from_call(name: str, arguments: Mapping[str, Any], kind: str = "") -> Spec:
+    """The spec of a part constructed with ``arguments`` (context arguments left out)."""
+    context = KIND_CONTEXT.get(kind, ())
+    return Spec(name, {k: _to_spec_value(v) for k, v in arguments.items() if k not in context})

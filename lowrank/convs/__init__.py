@@ -1,0 +1,5 @@
+"""Convolutions: dense, and low-rank (CP / Tucker / tensor-train) kernels."""
+
+from .dense import DenseConv
+
+__all__ = ["DenseConv"]

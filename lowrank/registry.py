@@ -1,0 +1,266 @@
+"""Kind-scoped registry of parts.
+
+Every building block of ``lowrank`` (a factorization layer, an update rule, an
+initialization, a matricizer, a block, a convolution, a net) is a *part*: a class or
+factory registered under a *kind* and a *name*. Config strings name parts; the
+registry turns names into objects.
+
+Example:
+    >>> from lowrank import list_parts
+    >>> "nmf" in list_parts("solver")
+    True
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "KINDS",
+    "CONTEXT_KEYS",
+    "PartInfo",
+    "register",
+    "list_parts",
+    "get_part",
+    "get_part_info",
+    "did_you_mean",
+]
+
+#: The kinds of part, with a one-line description each (used by ``lowrank list`` and the docs).
+KINDS: dict[str, str] = {
+    "solver": "factorization layers: a batch of matrices (*batch, M, N) -> its low-rank reconstruction",
+    "update": "update rules of the factorization layers (multiplicative, HALS, ...)",
+    "init": "initializations of the factors of the factorization layers",
+    "matricize": "views of a feature map (B, C, *S) as a batch of matrices, with exact inverses",
+    "block": "shape-preserving blocks (B, C, *S) -> (B, C, *S)",
+    "conv": "convolutions (B, C_in, *S) -> (B, C_out, *S'), dense or low-rank",
+    "net": "whole networks (B, C_in, *S) -> (B, C_out, *S)",
+}
+
+#: Arguments supplied by the caller of a build function rather than by the spec. They are
+#: passed to a part only when its constructor accepts them, and never written into its spec.
+CONTEXT_KEYS: tuple[str, ...] = (
+    "channels",
+    "in_channels",
+    "out_channels",
+    "spatial_dims",
+    "kernel_size",
+)
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """What the registry knows about one part.
+
+    Attributes:
+        kind: the part's kind (a key of :data:`KINDS`).
+        name: the name used in specs.
+        obj: the registered class or factory.
+        aliases: other accepted names.
+        dims: spatial dimensionalities the part supports (for blocks, convs, nets, matricizers).
+        dtypes: floating dtypes the part supports.
+        test_spec: a small spec the contract test suite builds and runs (defaults to the name).
+        test_size: the spatial size per axis of the contract suite's input.
+    """
+
+    kind: str
+    name: str
+    obj: Callable[..., Any]
+    aliases: tuple[str, ...] = ()
+    dims: tuple[int, ...] = (1, 2, 3)
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+    test_spec: str | None = None
+    test_size: int = 16
+    module: str = field(default="", compare=False)
+
+    @property
+    def summary(self) -> str:
+        """The first line of the part's docstring."""
+        doc = inspect.getdoc(self.obj) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+_REGISTRY: dict[str, dict[str, PartInfo]] = {kind: {} for kind in KINDS}
+_ALIASES: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """Return a ``" did you mean 'x'?"`` hint for the closest choices, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(
+            f"unknown kind {kind!r};{did_you_mean(kind, list(KINDS))} "
+            f"valid kinds: {', '.join(KINDS)}"
+        )
+
+
+def _record_spec(cls: type) -> None:
+    """Wrap ``cls.__init__`` so that each instance remembers the spec it was built from."""
+    original_init = cls.__init__
+    signature = inspect.signature(original_init)
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):  # noqa: N807
+        original_init(self, *args, **kwargs)
+        if type(self) is not cls and getattr(type(self), "_lowrank_part", None) is not None:
+            return  # a registered subclass records its own spec
+        from .build import spec_from_call
+
+        bound = signature.bind(self, *args, **kwargs)
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(signature.parameters)))  # self
+        for name, param in signature.parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
+                arguments.update(arguments.pop(name))
+        info = cls._lowrank_part
+        object.__setattr__(self, "spec", spec_from_call(info.name, arguments, info.kind))
+
+    cls.__init__ = __init__
+    if issubclass(cls, torch.nn.Module):
+        original_extra_repr = cls.extra_repr
+
+        def extra_repr(self) -> str:
+            own = original_extra_repr(self)
+            spec = getattr(self, "spec", None)
+            head = f"spec={spec}" if spec is not None else ""
+            return ", ".join(s for s in (head, own) if s)
+
+        cls.extra_repr = extra_repr
+
+
+def register(
+    kind: str,
+    name: str | None = None,
+    *,
+    aliases: Sequence[str] = (),
+    dims: Sequence[int] = (1, 2, 3),
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
+    test_spec: str | None = None,
+    test_size: int = 16,
+) -> Callable[[Any], Any]:
+    """Register a class or factory as a part of ``kind``.
+
+    Args:
+        kind: one of :data:`KINDS`.
+        name: the spec name; defaults to the object's ``__name__`` in lower case.
+        aliases: other names that resolve to the same part.
+        dims: supported spatial dimensionalities.
+        dtypes: supported floating dtypes.
+        test_spec: a small spec for the contract test suite (defaults to the bare name).
+        test_size: spatial size per axis of the contract test input.
+
+    Returns:
+        A decorator that registers its argument and returns it unchanged (classes that are
+        ``nn.Module`` subclasses additionally record their spec in ``self.spec`` and show it
+        in ``repr``).
+
+    Raises:
+        ValueError: unknown kind, a malformed name, or a name/alias already taken.
+    """
+    from .spec import NAME_RE
+
+    _check_kind(kind)
+
+    def decorator(obj: Any) -> Any:
+        part_name = name or obj.__name__.lower()
+        for n in (part_name, *aliases):
+            if not NAME_RE.fullmatch(n):
+                raise ValueError(f"part name {n!r} must match [a-z][a-z0-9_]*")
+            if n in _REGISTRY[kind] or n in _ALIASES[kind]:
+                taken = _REGISTRY[kind].get(n) or _REGISTRY[kind][_ALIASES[kind][n]]
+                raise ValueError(
+                    f"{kind} {n!r} is already registered (by {taken.module}.{taken.obj.__qualname__})"
+                )
+        info = PartInfo(
+            kind=kind,
+            name=part_name,
+            obj=obj,
+            aliases=tuple(aliases),
+            dims=tuple(dims),
+            dtypes=tuple(dtypes),
+            test_spec=test_spec,
+            test_size=test_size,
+            module=getattr(obj, "__module__", ""),
+        )
+        _REGISTRY[kind][part_name] = info
+        for alias in aliases:
+            _ALIASES[kind][alias] = part_name
+        if isinstance(obj, type):
+            obj._lowrank_part = info
+            _record_spec(obj)
+        return obj
+
+    return decorator
+
+
+def _load_builtin_parts() -> None:
+    """Import the subpackages whose modules register the built-in parts."""
+    import importlib
+
+    for sub in ("solvers", "matricize", "blocks", "convs", "nets"):
+        try:
+            importlib.import_module(f"lowrank.{sub}")
+        except ModuleNotFoundError as err:  # a subpackage not written yet
+            if err.name != f"lowrank.{sub}":
+                raise
+
+
+def list_parts(kind: str | None = None, pattern: str = "*") -> list[str]:
+    """Names of the registered parts, sorted.
+
+    Args:
+        kind: restrict to one kind; ``None`` lists every kind as ``"kind:name"``.
+        pattern: an ``fnmatch`` pattern on the name.
+
+    Returns:
+        Sorted names (``"kind:name"`` when ``kind`` is None).
+    """
+    _load_builtin_parts()
+    if kind is None:
+        return sorted(
+            f"{k}:{n}" for k in KINDS for n in _REGISTRY[k] if fnmatch.fnmatch(n, pattern)
+        )
+    _check_kind(kind)
+    return sorted(n for n in _REGISTRY[kind] if fnmatch.fnmatch(n, pattern))
+
+
+def get_part_info(kind: str, name: str) -> PartInfo:
+    """The :class:`PartInfo` of a registered part (aliases resolve to their part).
+
+    Raises:
+        ValueError: unknown kind or name, with the close matches and the valid names.
+    """
+    _check_kind(kind)
+    _load_builtin_parts()
+    table = _REGISTRY[kind]
+    name = _ALIASES[kind].get(name, name)
+    if name not in table:
+        valid = sorted([*table, *_ALIASES[kind]])
+        raise ValueError(
+            f"unknown {kind} {name!r};{did_you_mean(name, valid)} "
+            f"valid {kind} names: {', '.join(valid) or '(none registered)'}"
+        )
+    return table[name]
+
+
+def get_part(kind: str, name: str) -> Callable[..., Any]:
+    """The class or factory registered as ``name`` under ``kind``.
+
+    Raises:
+        ValueError: unknown kind or name, with "did you mean" and the valid names.
+    """
+    return get_part_info(kind, name).obj
