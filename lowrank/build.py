@@ -284,10 +284,16 @@ def validate(kind: str, spec: Spec) -> Spec:
                 SpecKeywordError,
             )
         try:
-            coerced[key] = _coerce(value, hints.get(key, signature.parameters.get(key).annotation
-                                                    if key in signature.parameters else Any))
+            coerced[key] = _coerce(
+                value,
+                hints.get(
+                    key, signature.parameters.get(key).annotation if key in signature.parameters else Any
+                ),
+            )
         except _Mismatch as err:
-            raise spec.error(f"{info.name}({key}=...) expects {err}, got {_what(value)}", key, "value") from None
+            raise spec.error(
+                f"{info.name}({key}=...) expects {err}, got {_what(value)}", key, "value"
+            ) from None
     return Spec(info.name, coerced, spec.where)
 
 
@@ -394,7 +400,12 @@ def build_net(
 ) -> nn.Module:
     """Build a network ``(B, in_channels, *S) -> (B, out_channels, *S)``."""
     return build(
-        "net", spec, in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **overrides
+        "net",
+        spec,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        spatial_dims=spatial_dims,
+        **overrides,
     )
 
 
@@ -404,7 +415,12 @@ def _to_spec_value(value: Any) -> Any:
     spec = getattr(value, "spec", None)
     if isinstance(value, nn.Module) and isinstance(spec, Spec):
         return spec
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], Mapping):
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], Mapping)
+    ):
         if NAME_RE.fullmatch(value[0]) and all(isinstance(k, str) and NAME_RE.fullmatch(k) for k in value[1]):
             return Spec(value[0], {k: _to_spec_value(v) for k, v in value[1].items()})
     if isinstance(value, (list, tuple)):

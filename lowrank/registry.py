@@ -25,7 +25,6 @@ import torch
 
 __all__ = [
     "KINDS",
-    "CONTEXT_KEYS",
     "PartInfo",
     "register",
     "list_parts",
@@ -44,16 +43,6 @@ KINDS: dict[str, str] = {
     "conv": "convolutions (B, C_in, *S) -> (B, C_out, *S'), dense or low-rank",
     "net": "whole networks (B, C_in, *S) -> (B, C_out, *S)",
 }
-
-#: Arguments supplied by the caller of a build function rather than by the spec. They are
-#: passed to a part only when its constructor accepts them, and never written into its spec.
-CONTEXT_KEYS: tuple[str, ...] = (
-    "channels",
-    "in_channels",
-    "out_channels",
-    "spatial_dims",
-    "kernel_size",
-)
 
 
 @dataclass(frozen=True)
@@ -103,8 +92,7 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(
-            f"unknown kind {kind!r};{did_you_mean(kind, list(KINDS))} "
-            f"valid kinds: {', '.join(KINDS)}"
+            f"unknown kind {kind!r};{did_you_mean(kind, list(KINDS))} valid kinds: {', '.join(KINDS)}"
         )
 
 
@@ -231,9 +219,7 @@ def list_parts(kind: str | None = None, pattern: str = "*") -> list[str]:
     """
     _load_builtin_parts()
     if kind is None:
-        return sorted(
-            f"{k}:{n}" for k in KINDS for n in _REGISTRY[k] if fnmatch.fnmatch(n, pattern)
-        )
+        return sorted(f"{k}:{n}" for k in KINDS for n in _REGISTRY[k] if fnmatch.fnmatch(n, pattern))
     _check_kind(kind)
     return sorted(n for n in _REGISTRY[kind] if fnmatch.fnmatch(n, pattern))
 
