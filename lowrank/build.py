@@ -276,9 +276,11 @@ def validate(kind: str, spec: Spec) -> Spec:
             from .registry import did_you_mean
 
             options = [a for a in accepted if a not in context]
+            given_by_caller = [a for a in accepted if a in context]
+            caller_note = f" (set by the caller: {', '.join(given_by_caller)})" if given_by_caller else ""
             raise spec.error(
-                f"{info.name}() has no keyword {key!r};{did_you_mean(key, options)} "
-                f"accepted: {', '.join(options) or '(none)'}",
+                f"{info.name}() has no keyword {key!r};{did_you_mean(key, accepted)} "
+                f"accepted: {', '.join(options) or '(none)'}{caller_note}",
                 key,
                 "key",
                 SpecKeywordError,
@@ -297,7 +299,7 @@ def validate(kind: str, spec: Spec) -> Spec:
     return Spec(info.name, coerced, spec.where)
 
 
-def build(kind: str, spec: Any, /, **arguments: Any) -> Any:
+def build(kind: str, spec: Any, **arguments: Any) -> Any:
     """Build a part of ``kind`` from any accepted spec form.
 
     Args:
@@ -340,22 +342,26 @@ def build(kind: str, spec: Any, /, **arguments: Any) -> Any:
                 "key",
             )
     given = {k: v for k, v in context.items() if (var_kw or k in accepted) and k not in checked.kwargs}
-    return info.obj(**given, **checked.kwargs)
+    part = info.obj(**given, **checked.kwargs)
+    if isinstance(part, nn.Module):  # the spec as written, with overrides, less the caller's context
+        written = {k: v for k, v in merged.kwargs.items() if k not in context}
+        object.__setattr__(part, "spec", Spec(info.name, written))
+    return part
 
 
-def build_solver(spec: Any, /, **overrides: Any) -> nn.Module:
+def build_solver(spec: Any, **overrides: Any) -> nn.Module:
     """Build a factorization layer (``X: (*batch, M, N) -> (*batch, M, N)``)."""
     return build("solver", spec, **overrides)
 
 
 def build_matricize(
-    spec: Any, /, channels: int | None = None, *, spatial_dims: int | None = None, **overrides: Any
+    spec: Any, channels: int | None = None, *, spatial_dims: int | None = None, **overrides: Any
 ) -> nn.Module:
     """Build a matricizer (``(B, C, *S) -> matrices, ctx`` and back)."""
     return build("matricize", spec, channels=channels, spatial_dims=spatial_dims, **overrides)
 
 
-def build_block(spec: Any, /, channels: int, *, spatial_dims: int = 3, **overrides: Any) -> nn.Module:
+def build_block(spec: Any, channels: int, *, spatial_dims: int = 3, **overrides: Any) -> nn.Module:
     """Build a shape-preserving block ``(B, channels, *S) -> (B, channels, *S)``.
 
     Example:
@@ -370,7 +376,6 @@ def build_block(spec: Any, /, channels: int, *, spatial_dims: int = 3, **overrid
 
 def build_conv(
     spec: Any,
-    /,
     in_channels: int,
     out_channels: int,
     kernel_size: int | Sequence[int] = 3,
@@ -396,7 +401,7 @@ def build_conv(
 
 
 def build_net(
-    spec: Any, /, in_channels: int, out_channels: int, *, spatial_dims: int = 3, **overrides: Any
+    spec: Any, in_channels: int, out_channels: int, *, spatial_dims: int = 3, **overrides: Any
 ) -> nn.Module:
     """Build a network ``(B, in_channels, *S) -> (B, out_channels, *S)``."""
     return build(
@@ -410,6 +415,8 @@ def build_net(
 
 
 def _to_spec_value(value: Any) -> Any:
+    if isinstance(value, str) and NAME_RE.fullmatch(value) and value not in ("true", "false", "none"):
+        return Spec(value)  # written bare, as a user would: mode=mul, norm=instance
     if isinstance(value, (Spec, bool, int, float, str)) or value is None:
         return value
     spec = getattr(value, "spec", None)

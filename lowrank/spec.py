@@ -42,15 +42,15 @@ class SpecError(ValueError):
 
     Attributes:
         message: what is wrong (and the fix, when one is known).
-        text: the spec text ("" when unknown).
+        text: the spec text (None when there is none, e.g. a ``Spec`` built in Python).
         column: 0-based column of the offending character in ``text``.
     """
 
-    def __init__(self, message: str, text: str = "", column: int = 0):
+    def __init__(self, message: str, text: str | None = None, column: int = 0):
         self.message = message
         self.text = text
-        self.column = max(0, min(column, len(text)))
-        if text:
+        self.column = max(0, min(column, len(text or "")))
+        if text is not None:
             printable = text.replace("\n", " ").replace("\t", " ")
             full = f"{message}\n  {printable}\n  {' ' * self.column}^"
         else:
@@ -277,7 +277,10 @@ class _Parser:
                 raise self.fail(f"bad number {span!r}")
             self.pos += len(span)
             if any(c in span for c in ".eE"):
-                return float(span)
+                number = float(span)
+                if not math.isfinite(number):
+                    raise self.fail(f"number {span!r} is out of the floating-point range")
+                return number
             return int(span)
         name, name_start = self.name("a value")
         if name in _KEYWORDS:
