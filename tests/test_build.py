@@ -7,6 +7,8 @@ from typing import Literal
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import lowrank
@@ -164,3 +166,38 @@ def test_bad_spec_forms():
         build("conv", (1, 2))
     with pytest.raises(SpecError, match="cannot read a spec"):
         build("conv", 3.5)
+
+
+_REAL_SPECS = {
+    "block": "factorizer(mixer=nmf(rank=1, update=hals, iters=5), matricize=swin(patch=8, head_dim=8))",
+    "net": "swin_factorizer(channels=[32, 64, 128, 256, 512], head_dim=8, patch=8, mlp_ratio=2)",
+    "conv": "dense(stride=2, padding=1, bias=false)",
+}
+
+
+def _near_misses(text: str):
+    alphabet = "abcdefghijklmnopqrstuvwxyz_0123456789()[],=.-' "
+    return st.one_of(
+        st.integers(0, len(text) - 1).map(lambda i: text[:i] + text[i + 1 :]),
+        st.tuples(st.integers(0, len(text)), st.sampled_from(alphabet)).map(
+            lambda p: text[: p[0]] + p[1] + text[p[0] :]
+        ),
+        st.tuples(st.integers(0, len(text) - 1), st.sampled_from(alphabet)).map(
+            lambda p: text[: p[0]] + p[1] + text[p[0] + 1 :]
+        ),
+    )
+
+
+@given(
+    st.sampled_from(sorted(_REAL_SPECS.items())).flatmap(
+        lambda kv: st.tuples(st.just(kv[0]), _near_misses(kv[1]))
+    )
+)
+@settings(max_examples=1000)
+def test_fuzz_validation_raises_only_spec_errors(case):
+    """Near misses of real specs, checked against the real registry: SpecError or valid."""
+    kind, text = case
+    try:
+        validate(kind, lowrank.parse_spec(text))
+    except SpecError as err:
+        assert str(err).splitlines()[-1].strip() == "^"

@@ -148,10 +148,11 @@ def test_state_dict_round_trip_and_deepcopy(info):
     module = make(info, _spec(info), dims).eval()
     x = make_input(info, dims, torch.float32)
     with torch.no_grad():
-        expected = _tensors(run(info, module, x))
+        # snapshot before any forward: stateful parts (counters, EMA buffers) must continue alike
         fresh = make(info, _spec(info), dims).eval()
         fresh.load_state_dict(module.state_dict())
         clone = copy.deepcopy(module)
+        expected = _tensors(run(info, module, x))
         for other in (fresh, clone):
             for a, b in zip(expected, _tensors(run(info, other, x)), strict=True):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
