@@ -131,9 +131,17 @@ def as_spec(spec: Any) -> Spec | Callable | nn.Module:
     raise SpecError(f"cannot read a spec from {type(spec).__name__} {spec!r}")
 
 
+def _monai_layer_names() -> list[str]:
+    """Lower-case names of MONAI's norm, activation and dropout factories."""
+    from monai.networks.layers.factories import Act, Dropout, Norm
+
+    return sorted(n.lower() for factory in (Norm, Act, Dropout) for n in factory.names)
+
+
 def _describe(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or repr(annotation)
-    return text.replace("typing.", "")
+    if typing.get_origin(annotation) is None and hasattr(annotation, "__name__"):
+        return annotation.__name__
+    return repr(annotation).replace("typing.", "").replace("collections.abc.", "")
 
 
 def _strip_annotated(annotation: Any) -> tuple[Any, list]:
@@ -161,10 +169,18 @@ def _coerce(value: Any, annotation: Any) -> Any:
             raise _Mismatch(f"a {marker.kind} spec")
         if isinstance(marker, MonaiLayer):
             if isinstance(value, Spec):
-                return (value.name, dict(value.kwargs)) if value.kwargs else value.name
-            if value is None or isinstance(value, (str, tuple)):
-                return value
-            raise _Mismatch("a layer name or (name, {kwargs})")
+                value = (value.name, dict(value.kwargs)) if value.kwargs else value.name
+            if value is None:
+                return None
+            name = value if isinstance(value, str) else value[0] if isinstance(value, tuple) else None
+            if not isinstance(name, str):
+                raise _Mismatch("a layer name or (name, {kwargs})")
+            known = _monai_layer_names()
+            if name.lower() not in known:
+                from .registry import did_you_mean
+
+                raise _Mismatch(f"a MONAI norm/act/dropout name;{did_you_mean(name.lower(), known)}")
+            return value
     origin = typing.get_origin(base)
     args = typing.get_args(base)
     if base is type(None):

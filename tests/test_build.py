@@ -120,6 +120,8 @@ def test_values_are_checked_against_type_hints(scratch_registry):
         "toy_block(conv=cp(rank=2))": "unknown conv 'cp'",
         "toy_block(conv=dense(strid=2))": "no keyword 'strid'; did you mean 'stride'",
         "toy_block(kernel=3)": "expects tuple",
+        "toy_block(norm=instnce)": "did you mean 'instance'",
+        "toy_block(norm=grop(num_groups=2))": "did you mean 'group'",
     }
     for text, fragment in cases.items():
         with pytest.raises(SpecError, match=fragment):
