@@ -225,7 +225,12 @@ def _coerce(value: Any, annotation: Any) -> Any:
                 raise _Mismatch(f"{len(args)} values")
             return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
         item = args[0] if args else Any
-        items = [_coerce(v, item) for v in value]
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(_coerce(v, item))
+            except _Mismatch as err:
+                raise _Mismatch(f"{_describe(base)} (item {i}: expected {err})") from None
         return tuple(items) if (origin is tuple or base is tuple) else items
     if origin in (dict, Mapping) or base in (dict, Mapping):
         if isinstance(value, Mapping):
