@@ -20,11 +20,25 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
 import torch
 from torch import nn
 
+from .hints import (
+    BlockSpec,
+    ConvSpec,
+    HintMismatch,
+    InitSpec,
+    LayerSpec,
+    MatricizeSpec,
+    MonaiLayer,
+    NetSpec,
+    PartOf,
+    SolverSpec,
+    UpdateSpec,
+    coerce,
+)
 from .registry import get_part_info
 from .spec import NAME_RE, Spec, SpecError, SpecKeywordError, parse_spec
 
@@ -52,30 +66,6 @@ __all__ = [
 ]
 
 
-class PartOf:
-    """Type-hint marker: the parameter takes a spec of a part of ``kind``."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-
-    def __repr__(self) -> str:
-        return f"PartOf({self.kind!r})"
-
-
-class MonaiLayer:
-    """Type-hint marker: a MONAI layer name, ``str | (name, {kwargs})`` (norm, act, ...)."""
-
-
-_SpecLike = Union[str, Spec, tuple, list, dict, Callable, nn.Module]
-SolverSpec = Annotated[_SpecLike, PartOf("solver")]
-UpdateSpec = Annotated[_SpecLike, PartOf("update")]
-InitSpec = Annotated[_SpecLike, PartOf("init")]
-MatricizeSpec = Annotated[_SpecLike, PartOf("matricize")]
-BlockSpec = Annotated[_SpecLike, PartOf("block")]
-ConvSpec = Annotated[_SpecLike, PartOf("conv")]
-NetSpec = Annotated[_SpecLike, PartOf("net")]
-LayerSpec = Annotated[Union[str, tuple, None], MonaiLayer()]
-
 #: Per kind, the arguments the *caller* supplies (a block's channels, a net's in/out
 #: channels, ...). They are passed only if the constructor accepts them, a spec that sets
 #: one to a different value is an error, and they are left out of the recorded spec.
@@ -98,10 +88,6 @@ KIND_CONTEXT: dict[str, tuple[str, ...]] = {
     ),
     "net": ("in_channels", "out_channels", "spatial_dims"),
 }
-
-
-class _Mismatch(Exception):
-    """A value does not fit a type hint (internal)."""
 
 
 def as_spec(spec: Any) -> Spec | Callable | nn.Module:
@@ -129,118 +115,6 @@ def as_spec(spec: Any) -> Spec | Callable | nn.Module:
     if isinstance(spec, nn.Module) or callable(spec):
         return spec
     raise SpecError(f"cannot read a spec from {type(spec).__name__} {spec!r}")
-
-
-def _monai_layer_names() -> list[str]:
-    """Lower-case names of MONAI's norm, activation and dropout factories."""
-    from monai.networks.layers.factories import Act, Dropout, Norm
-
-    return sorted(n.lower() for factory in (Norm, Act, Dropout) for n in factory.names)
-
-
-def _describe(annotation: Any) -> str:
-    if typing.get_origin(annotation) is None and hasattr(annotation, "__name__"):
-        return annotation.__name__
-    return repr(annotation).replace("typing.", "").replace("collections.abc.", "")
-
-
-def _strip_annotated(annotation: Any) -> tuple[Any, list]:
-    if typing.get_origin(annotation) is Annotated:
-        base, *meta = typing.get_args(annotation)
-        return base, meta
-    return annotation, []
-
-
-def _coerce(value: Any, annotation: Any) -> Any:
-    """Check ``value`` against ``annotation`` and convert grammar values to what it expects."""
-    if annotation is inspect.Parameter.empty or annotation is Any:
-        return value
-    base, meta = _strip_annotated(annotation)
-    for marker in meta:
-        if isinstance(marker, PartOf):
-            if value is None:
-                return None
-            normalized = as_spec(value) if not isinstance(value, bool) else value
-            if isinstance(normalized, Spec):
-                validate(marker.kind, normalized)
-                return normalized
-            if isinstance(normalized, nn.Module) or callable(normalized):
-                return normalized
-            raise _Mismatch(f"a {marker.kind} spec")
-        if isinstance(marker, MonaiLayer):
-            if isinstance(value, Spec):
-                value = (value.name, dict(value.kwargs)) if value.kwargs else value.name
-            if value is None:
-                return None
-            name = value if isinstance(value, str) else value[0] if isinstance(value, tuple) else None
-            if not isinstance(name, str):
-                raise _Mismatch("a layer name or (name, {kwargs})")
-            known = _monai_layer_names()
-            if name.lower() not in known:
-                from .registry import did_you_mean
-
-                raise _Mismatch(f"a MONAI norm/act/dropout name;{did_you_mean(name.lower(), known)}")
-            return value
-    origin = typing.get_origin(base)
-    args = typing.get_args(base)
-    if base is type(None):
-        if value is None:
-            return None
-        raise _Mismatch("none")
-    if origin is Union or (origin is not None and origin.__name__ == "UnionType"):
-        for arm in sorted(args, key=lambda a: a is type(None)):
-            try:
-                return _coerce(value, arm)
-            except _Mismatch:
-                continue
-        raise _Mismatch(" | ".join(_describe(a) for a in args))
-    if origin is Literal:
-        candidate = value.name if isinstance(value, Spec) and not value.kwargs else value
-        if candidate in args:
-            return candidate
-        raise _Mismatch("one of " + ", ".join(repr(a) for a in args))
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch("true or false")
-    if base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch("an integer")
-    if base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _Mismatch("a number")
-    if base is str:
-        if isinstance(value, Spec) and not value.kwargs:
-            return value.name
-        if isinstance(value, str):
-            return value
-        raise _Mismatch("a string")
-    if origin in (list, tuple, Sequence) or base in (list, tuple, Sequence):
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch(_describe(base))
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise _Mismatch(f"{len(args)} values")
-            return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
-        item = args[0] if args else Any
-        items = []
-        for i, v in enumerate(value):
-            try:
-                items.append(_coerce(v, item))
-            except _Mismatch as err:
-                raise _Mismatch(f"{_describe(base)} (item {i}: expected {err})") from None
-        return tuple(items) if (origin is tuple or base is tuple) else items
-    if origin in (dict, Mapping) or base in (dict, Mapping):
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise _Mismatch("a mapping")
-    if isinstance(base, type):
-        if isinstance(value, base):
-            return value
-        raise _Mismatch(_describe(base))
-    return value
 
 
 def _what(value: Any) -> str:
@@ -307,13 +181,13 @@ def validate(kind: str, spec: Spec) -> Spec:
                 SpecKeywordError,
             )
         try:
-            coerced[key] = _coerce(
+            coerced[key] = coerce(
                 value,
                 hints.get(
                     key, signature.parameters.get(key).annotation if key in signature.parameters else Any
                 ),
             )
-        except _Mismatch as err:
+        except HintMismatch as err:
             raise spec.error(
                 f"{info.name}({key}=...) expects {err}, got {_what(value)}", key, "value"
             ) from None
