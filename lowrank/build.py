@@ -93,6 +93,13 @@ KIND_CONTEXT: dict[str, tuple[str, ...]] = {
 def as_spec(spec: Any) -> Spec | Callable | nn.Module:
     """Normalize the accepted spec forms to a :class:`Spec` (callables/modules pass through).
 
+    Args:
+        spec: a string, ``Spec``, ``(name, {kwargs})`` tuple/list, ``{"name": ...}`` dict,
+            class/callable or module.
+
+    Returns:
+        A :class:`Spec`, or the callable/module unchanged.
+
     Raises:
         SpecError: a malformed string or a form that is not a spec.
     """
@@ -239,25 +246,71 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
     given = {k: v for k, v in context.items() if (var_kw or k in accepted) and k not in checked.kwargs}
     part = info.obj(**given, **checked.kwargs)
     if isinstance(part, nn.Module):  # the spec as written, with overrides, less the caller's context
-        written = {k: v for k, v in merged.kwargs.items() if k not in context}
+        written = {k: _to_spec_value(v) for k, v in merged.kwargs.items() if k not in context}
         object.__setattr__(part, "spec", Spec(info.name, written))
     return part
 
 
 def build_solver(spec: Any, **overrides: Any) -> nn.Module:
-    """Build a factorization layer (``X: (*batch, M, N) -> (*batch, M, N)``)."""
+    """Build a factorization layer (``X: (*batch, M, N) -> (*batch, M, N)``).
+
+    Args:
+        spec: the part, in any accepted form (string, ``Spec``, ``(name, {kwargs})``, dict,
+            class/callable, module).
+        **overrides: keyword arguments that win over the spec (``None`` values are dropped).
+
+    Returns:
+        The solver module.
+
+    Raises:
+        SpecError: a malformed spec, an unknown part (with "did you mean"), a value of the wrong
+            type, or a spec value that contradicts a caller argument.
+        SpecKeywordError: a keyword the part does not accept (also a ``TypeError``).
+    """
     return build("solver", spec, **overrides)
 
 
 def build_matricize(
     spec: Any, channels: int | None = None, *, spatial_dims: int | None = None, **overrides: Any
 ) -> nn.Module:
-    """Build a matricizer (``(B, C, *S) -> matrices, ctx`` and back)."""
+    """Build a matricizer (``(B, C, *S) -> (matrices (B', M, N), ctx)`` and back).
+
+    Args:
+        spec: the part, in any accepted form (string, ``Spec``, ``(name, {kwargs})``, dict,
+            class/callable, module).
+        channels: the channels ``C`` it will see, if known (checked against its heads).
+        spatial_dims: the number of spatial axes, if known.
+        **overrides: keyword arguments that win over the spec (``None`` values are dropped).
+
+    Returns:
+        The matricizer module.
+
+    Raises:
+        SpecError: a malformed spec, an unknown part (with "did you mean"), a value of the wrong
+            type, or a spec value that contradicts a caller argument.
+        SpecKeywordError: a keyword the part does not accept (also a ``TypeError``).
+    """
     return build("matricize", spec, channels=channels, spatial_dims=spatial_dims, **overrides)
 
 
 def build_block(spec: Any, channels: int, *, spatial_dims: int = 3, **overrides: Any) -> nn.Module:
     """Build a shape-preserving block ``(B, channels, *S) -> (B, channels, *S)``.
+
+    Args:
+        spec: the part, in any accepted form (string, ``Spec``, ``(name, {kwargs})``, dict,
+            class/callable, module).
+        channels: the channels ``C`` of the feature maps.
+        spatial_dims: 1, 2 or 3.
+        **overrides: keyword arguments that win over the spec (``None`` values are dropped).
+
+    Returns:
+        The block module.
+
+    Raises:
+        SpecError: a malformed spec, an unknown part (with "did you mean"), a value of the wrong
+            type, or a spec value that contradicts a caller argument.
+        SpecKeywordError: a keyword the part does not accept (also a ``TypeError``).
+
 
     Example:
         >>> import torch
@@ -280,7 +333,23 @@ def build_conv(
 ) -> nn.Module:
     """Build a convolution ``(B, in_channels, *S) -> (B, out_channels, *S')``.
 
-    Stride, padding, dilation, groups and bias may be given as keywords.
+    Args:
+        spec: the part, in any accepted form (string, ``Spec``, ``(name, {kwargs})``, dict,
+            class/callable, module).
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: kernel size, an int or one per axis.
+        spatial_dims: 1, 2 or 3.
+        **overrides: ``stride``, ``padding``, ``dilation``, ``groups``, ``bias`` (caller
+            arguments), or keyword arguments of the part that win over the spec.
+
+    Returns:
+        The convolution module.
+
+    Raises:
+        SpecError: a malformed spec, an unknown part (with "did you mean"), a value of the wrong
+            type, or a spec value that contradicts a caller argument.
+        SpecKeywordError: a keyword the part does not accept (also a ``TypeError``).
     """
     context = {k: overrides.pop(k) for k in list(overrides) if k in KIND_CONTEXT["conv"]}
     return build(
@@ -298,7 +367,24 @@ def build_conv(
 def build_net(
     spec: Any, in_channels: int, out_channels: int, *, spatial_dims: int = 3, **overrides: Any
 ) -> nn.Module:
-    """Build a network ``(B, in_channels, *S) -> (B, out_channels, *S)``."""
+    """Build a network ``(B, in_channels, *S) -> (B, out_channels, *S)``.
+
+    Args:
+        spec: the part, in any accepted form (string, ``Spec``, ``(name, {kwargs})``, dict,
+            class/callable, module).
+        in_channels: input channels (image modalities).
+        out_channels: output channels (classes).
+        spatial_dims: 1, 2 or 3.
+        **overrides: keyword arguments that win over the spec (``None`` values are dropped).
+
+    Returns:
+        The network module.
+
+    Raises:
+        SpecError: a malformed spec, an unknown part (with "did you mean"), a value of the wrong
+            type, or a spec value that contradicts a caller argument.
+        SpecKeywordError: a keyword the part does not accept (also a ``TypeError``).
+    """
     return build(
         "net",
         spec,
@@ -312,8 +398,12 @@ def build_net(
 def _to_spec_value(value: Any) -> Any:
     if isinstance(value, str) and NAME_RE.fullmatch(value) and value not in ("true", "false", "none"):
         return Spec(value)  # written bare, as a user would: mode=mul, norm=instance
-    if isinstance(value, (Spec, bool, int, float, str)) or value is None:
+    if isinstance(value, Spec):
+        return Spec(value.name, {k: _to_spec_value(v) for k, v in value.kwargs.items()})
+    if isinstance(value, (bool, int, float, str)) or value is None:
         return value
+    if isinstance(value, Mapping) and isinstance(value.get("name"), str):
+        return _to_spec_value(as_spec(value))
     spec = getattr(value, "spec", None)
     if isinstance(value, nn.Module) and isinstance(spec, Spec):
         return spec
@@ -333,6 +423,15 @@ def _to_spec_value(value: Any) -> Any:
 
 
 def spec_from_call(name: str, arguments: Mapping[str, Any], kind: str = "") -> Spec:
-    """The spec of a part constructed with ``arguments`` (context arguments left out)."""
+    """The spec of a part constructed with ``arguments``.
+
+    Args:
+        name: the part's registered name.
+        arguments: the constructor arguments as given.
+        kind: the part's kind; its caller-context arguments are left out.
+
+    Returns:
+        A spec whose values are written in the grammar (built modules by their spec).
+    """
     context = KIND_CONTEXT.get(kind, ())
     return Spec(name, {k: _to_spec_value(v) for k, v in arguments.items() if k not in context})

@@ -31,7 +31,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for name in names:
             info = get_part_info(kind, name)
             alias = f" (alias: {', '.join(info.aliases)})" if info.aliases else ""
-            print(f"  {name:<{width}}  {info.summary}{alias}")
+            summary = info.summary.replace("``", "")
+            print(f"  {name:<{width}}  {summary}{alias}")
         print()
     return 0
 

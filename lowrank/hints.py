@@ -96,8 +96,7 @@ def coerce(value: Any, annotation: Any) -> Any:
 
             normalized = as_spec(value) if not isinstance(value, bool) else value
             if isinstance(normalized, Spec):
-                validate(marker.kind, normalized)
-                return normalized
+                return validate(marker.kind, normalized)
             if isinstance(normalized, nn.Module) or callable(normalized):
                 return normalized
             raise HintMismatch(f"a {marker.kind} spec")

@@ -82,7 +82,15 @@ _ALIASES: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
 
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
-    """Return a ``" did you mean 'x'?"`` hint for the closest choices, or ``""``."""
+    """A ``" did you mean 'x'?"`` hint for the closest choices.
+
+    Args:
+        word: the unknown word.
+        choices: the valid words.
+
+    Returns:
+        The hint with a leading space, or ``""`` when nothing is close.
+    """
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
     if not close:
         return ""
@@ -227,6 +235,13 @@ def list_parts(kind: str | None = None, pattern: str = "*") -> list[str]:
 def get_part_info(kind: str, name: str) -> PartInfo:
     """The :class:`PartInfo` of a registered part (aliases resolve to their part).
 
+    Args:
+        kind: one of :data:`KINDS`.
+        name: the part's name or alias.
+
+    Returns:
+        The part's registry entry.
+
     Raises:
         ValueError: unknown kind or name, with the close matches and the valid names.
     """
@@ -245,6 +260,13 @@ def get_part_info(kind: str, name: str) -> PartInfo:
 
 def get_part(kind: str, name: str) -> Callable[..., Any]:
     """The class or factory registered as ``name`` under ``kind``.
+
+    Args:
+        kind: one of :data:`KINDS`.
+        name: the part's name or alias.
+
+    Returns:
+        The registered class or factory.
 
     Raises:
         ValueError: unknown kind or name, with "did you mean" and the valid names.

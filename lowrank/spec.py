@@ -130,6 +130,12 @@ class Spec:
 def format_value(value: Any) -> str:
     """Format a spec value in the grammar (the inverse of parsing it).
 
+    Args:
+        value: a ``Spec``, number, bool, None, string, list or tuple of these.
+
+    Returns:
+        The value's text, e.g. ``'[1, (2,), nmf(rank=1)]'``.
+
     Raises:
         ValueError: a value the grammar cannot express (NaN/inf, an arbitrary object).
     """
