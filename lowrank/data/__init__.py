@@ -1,1 +1,35 @@
-"""data."""
+"""Embedded training data (the MNI ICBM152 2009a template, 2 mm, 4 classes), NIfTI input, patches.
+
+The template ships with the package (``mni152_2mm.npz``, McGill notice in ``NOTICE.txt``); it is
+rebuilt byte-for-byte from an installed nilearn by ``scripts/build_data.py``.
+"""
+
+from .sampler import PatchSampler
+from .transforms import train_transform
+from .volumes import (
+    DEFAULT_HOLDOUT,
+    TEMPLATE_FILE,
+    Volume,
+    find_cases,
+    load_cases,
+    load_template,
+    normalize_intensity,
+    read_nifti,
+    require_nibabel,
+    split_slab,
+)
+
+__all__ = [
+    "DEFAULT_HOLDOUT",
+    "TEMPLATE_FILE",
+    "PatchSampler",
+    "Volume",
+    "find_cases",
+    "load_cases",
+    "load_template",
+    "normalize_intensity",
+    "read_nifti",
+    "require_nibabel",
+    "split_slab",
+    "train_transform",
+]

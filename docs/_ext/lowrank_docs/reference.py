@@ -1,0 +1,339 @@
+"""Write the API reference from the registry: one page per kind, one page per module.
+
+Everything here reads the live registry (:func:`lowrank.list_parts`,
+:func:`lowrank.registry.get_part_info`, :data:`lowrank.registry.KINDS`), so a part registered
+later appears in the docs without editing them. The pages are reStructuredText written into
+``docs/api/generated/`` (not versioned) before Sphinx reads the sources.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from .formatting import (
+    escape_rst,
+    format_annotation,
+    format_default,
+    part_parameters,
+    spec_value,
+)
+from .modules import public_modules, render_module_page, render_modules_index
+
+__all__ = [
+    "KIND_TITLES",
+    "escape_rst",
+    "format_annotation",
+    "format_default",
+    "spec_value",
+    "part_parameters",
+    "render_kind_page",
+    "render_reference_index",
+    "render_modules_index",
+    "render_module_page",
+    "public_modules",
+    "write_reference",
+]
+
+#: Page titles per kind (a kind added to the registry later gets a title from its name).
+KIND_TITLES: dict[str, str] = {
+    "solver": "Factorization layers",
+    "update": "Update rules",
+    "init": "Initializations",
+    "matricize": "Matricizers",
+    "block": "Blocks",
+    "conv": "Convolutions",
+    "net": "Networks",
+}
+
+#: The builder a user calls per kind, with a minimal call (``NAME`` is replaced by the part name).
+_BUILD_CALL: dict[str, str] = {
+    "solver": 'build_solver("NAME")',
+    "update": 'build_solver("nmf(update=NAME)")',
+    "init": 'build_solver("nmf(init=NAME)")',
+    "matricize": 'build_matricize("NAME", channels=32, spatial_dims=3)',
+    "block": 'build_block("NAME", channels=32, spatial_dims=3)',
+    "conv": 'build_conv("NAME", in_channels=16, out_channels=32, kernel_size=3, spatial_dims=3)',
+    "net": 'build_net("NAME", in_channels=4, out_channels=3, spatial_dims=3)',
+}
+
+#: The forward contract per kind (see CONTRIBUTING.md).
+_FORWARD: dict[str, str] = {
+    "solver": "``forward(x: (*batch, M, N), mask: (*batch, N) | None = None) -> (*batch, M, N)``: "
+    "the rank-R reconstruction ``U Vᵀ`` of each matrix.",
+    "update": "Used by the factorization layers through their ``update=`` keyword.",
+    "init": "Used by the factorization layers through their ``init=`` keyword; the layer passes ``rank``.",
+    "matricize": "``forward(x: (B, C, *S)) -> (matrices: (B', M, N), ctx)`` and "
+    "``inverse(matrices, ctx) -> (B, C, *S)``, exact for every input size.",
+    "block": "``forward(x: (B, C, *S)) -> (B, C, *S)``.",
+    "conv": "``forward(x: (B, C_in, *S)) -> (B, C_out, *S')``.",
+    "net": "``forward(x: (B, C_in, *S)) -> (B, C_out, *S)`` in eval mode; with deep supervision, a "
+    "list of logits (highest resolution first) in training mode.",
+}
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(f"``{str(d).removeprefix('torch.')}``" for d in dtypes)
+
+
+def _docstring_target(info) -> tuple[str, str]:
+    """The autodoc directive and dotted path documenting a part's object."""
+    obj = info.obj
+    directive = "autoclass" if isinstance(obj, type) else "autofunction"
+    module = getattr(obj, "__module__", None) or info.module
+    return directive, f"{module}.{obj.__qualname__}"
+
+
+def _heading(text: str, char: str) -> list[str]:
+    return [text, char * max(len(text), 4), ""]
+
+
+def _label(kind: str, name: str) -> str:
+    return f"{kind}-{name}"
+
+
+def _render_part(kind: str, name: str, seen: set[int]) -> list[str]:
+    from lowrank.build import KIND_CONTEXT
+    from lowrank.registry import get_part_info
+    from lowrank.spec import format_value
+
+    info = get_part_info(kind, name)
+    context = KIND_CONTEXT.get(kind, ())
+    lines = [f".. _{_label(kind, name)}:", "", *_heading(f"``{name}``", "-")]
+    facts = [f"**spec name** ``{name}``"]
+    if info.aliases:
+        facts.append("**aliases** " + ", ".join(f"``{a}``" for a in info.aliases))
+    if kind in ("matricize", "block", "conv", "net") or info.dims != (1, 2, 3):
+        facts.append("**spatial dims** " + ", ".join(str(d) for d in info.dims))
+    facts.append("**dtypes** " + _dtype_names(info.dtypes))
+    module = info.module or getattr(info.obj, "__module__", "")
+    facts.append(f"**defined in** :mod:`{module}`" if module else "")
+    lines += [" · ".join(f for f in facts if f), ""]
+    if info.summary:
+        lines += [escape_rst(info.summary), ""]
+
+    params = part_parameters(info.obj)
+    spec_args = []
+    for pname, annotation, default, pkind in params:
+        if pname in context or pkind == "var" or default is inspect.Parameter.empty:
+            continue
+        try:
+            spec_args.append(f"{pname}={format_value(spec_value(default, annotation))}")
+        except (ValueError, TypeError):
+            continue
+    full_spec = f"{name}({', '.join(spec_args)})" if spec_args else name
+    if len(full_spec) > 88:  # one keyword a line (whitespace is free in the grammar)
+        full_spec = "\n".join([f"{name}(", *(f"    {a}," for a in spec_args), ")"])
+    required = [
+        p for p, _, d, k in params if d is inspect.Parameter.empty and p not in context and k != "var"
+    ]
+    lines += [
+        "Spec with every default written out"
+        + (" (required: " + ", ".join(f"``{r}``" for r in required) + ")" if required else "")
+        + ":",
+        "",
+        ".. code-block:: text",
+        "",
+        *(f"   {line}" for line in full_spec.splitlines()),
+        "",
+    ]
+    build_call = _BUILD_CALL.get(kind, f'build("{kind}", "NAME")').replace("NAME", name)
+    lines += [f"Build it with ``{build_call}``."]
+    if info.test_spec:
+        lines[-1] += f" A small tested configuration: ``{info.test_spec}``."
+    lines.append("")
+
+    if params:
+        lines += [
+            ".. list-table::",
+            "   :header-rows: 1",
+            "   :widths: 22 48 30",
+            "   :class: lowrank-params",
+            "",
+            "   * - keyword",
+            "     - type",
+            "     - default",
+        ]
+        for pname, annotation, default, pkind in params:
+            if pkind == "var":
+                cell_default, cell_type = "", "any keyword (``**kwargs``)"
+            else:
+                cell_type = format_annotation(annotation) or ""
+                cell_default = format_default(default, annotation)
+            if pname in context:
+                cell_default = (cell_default + " " if cell_default else "") + "(given by the caller)"
+            lines += [f"   * - ``{pname}``", f"     - {cell_type}", f"     - {cell_default}"]
+        lines.append("")
+
+    directive, target = _docstring_target(info)
+    lines += [f".. {directive}:: {target}"]
+    if directive == "autoclass":
+        lines += ["   :members:", "   :show-inheritance:"]
+    if id(info.obj) in seen:
+        lines += ["   :no-index:"]
+    seen.add(id(info.obj))
+    lines.append("")
+    return lines
+
+
+def render_kind_page(kind: str, seen: set[int] | None = None) -> str:
+    """The reStructuredText page of one kind: a summary table and a section per part.
+
+    Args:
+        kind: a key of :data:`lowrank.registry.KINDS`.
+        seen: ids of objects already documented on another page (they get ``:no-index:``).
+
+    Returns:
+        The page text.
+    """
+    from lowrank.build import KIND_CONTEXT
+    from lowrank.registry import KINDS, get_part_info, list_parts
+
+    seen = set() if seen is None else seen
+    names = list_parts(kind)
+    title = KIND_TITLES.get(kind, kind.replace("_", " ").capitalize() + "s")
+    lines = [
+        ".. This page is generated from the registry by docs/_ext/lowrank_docs/reference.py.",
+        "",
+        f".. _kind-{kind}:",
+        "",
+        *_heading(f"{title} (``{kind}``)", "="),
+        escape_rst(KINDS[kind][0].upper() + KINDS[kind][1:]) + ".",
+        "",
+    ]
+    if kind in _FORWARD:
+        lines += [_FORWARD[kind], ""]
+    context = KIND_CONTEXT.get(kind, ())
+    if context:
+        lines += [
+            "The caller supplies "
+            + ", ".join(f"``{c}``" for c in context)
+            + " (they are never part of the recorded spec). ",
+            "",
+        ]
+    if not names:
+        lines += [f"No ``{kind}`` part is registered yet.", ""]
+        return "\n".join(lines)
+    lines += [
+        f"{len(names)} registered: every name below is accepted wherever a ``{kind}`` spec is.",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 22 18 48 12",
+        "   :class: lowrank-parts",
+        "",
+        "   * - name",
+        "     - aliases",
+        "     - summary",
+        "     - dims",
+    ]
+    for name in names:
+        info = get_part_info(kind, name)
+        aliases = ", ".join(f"``{a}``" for a in info.aliases)
+        lines += [
+            f"   * - :ref:`{name} <{_label(kind, name)}>`",
+            f"     - {aliases}",
+            f"     - {escape_rst(info.summary)}",
+            f"     - {', '.join(str(d) for d in info.dims)}",
+        ]
+    lines.append("")
+    for name in names:
+        lines += _render_part(kind, name, seen)
+    return "\n".join(lines)
+
+
+def render_reference_index(kinds: list[str]) -> str:
+    """The reference landing page: a summary table and a toctree of the kind pages.
+
+    Args:
+        kinds: the kinds, in page order.
+
+    Returns:
+        The page text.
+    """
+    from lowrank.registry import KINDS, list_parts
+
+    lines = [
+        ".. This page is generated by docs/_ext/lowrank_docs/reference.py.",
+        "",
+        ".. _parts-reference:",
+        "",
+        *_heading("Parts reference", "="),
+        "Every part in the registry, one page per kind, generated from "
+        ":func:`lowrank.list_parts` at build time. ``lowrank list`` prints the same on the "
+        "command line.",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 16 44 40",
+        "",
+        "   * - kind",
+        "     - what they are",
+        "     - parts",
+    ]
+    for kind in kinds:
+        names = list_parts(kind)
+        links = ", ".join(f":ref:`{n} <{_label(kind, n)}>`" for n in names) or "(none yet)"
+        lines += [
+            f"   * - :ref:`{kind} <kind-{kind}>`",
+            f"     - {escape_rst(KINDS[kind])}",
+            f"     - {links}",
+        ]
+    lines += ["", ".. toctree::", "   :hidden:", "", *(f"   {kind}" for kind in kinds)]
+    lines += [
+        "",
+        "The Python API of every module, parts included, is in the :doc:`module index <modules>`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write(path: Path, text: str) -> bool:
+    """Write ``text`` unless the file already holds it (keeps incremental builds incremental)."""
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
+def write_reference(outdir: str | Path, handwritten: dict[str, str] | None = None) -> list[Path]:
+    """Write the whole generated reference into ``outdir``.
+
+    Args:
+        outdir: the folder (``docs/api/generated``); stale pages in it are removed.
+        handwritten: modules that have a hand-written page, mapped to its document name
+            (absolute, e.g. ``"/api/spec"``); they are linked instead of generated.
+
+    Returns:
+        The pages written (every page, changed or not).
+    """
+    from lowrank.registry import KINDS, list_parts
+
+    outdir = Path(outdir)
+    list_parts()  # imports the built-in parts
+    kinds = list(KINDS)
+    seen: set[int] = set()
+    documented: set[str] = set()
+    pages: dict[Path, str] = {}
+    for kind in kinds:
+        pages[outdir / f"{kind}.rst"] = render_kind_page(kind, seen)
+        from lowrank.registry import get_part_info
+
+        for name in list_parts(kind):
+            documented.add(_docstring_target(get_part_info(kind, name))[1])
+    handwritten = handwritten or {}
+    modules = []
+    for module in public_modules():
+        if module in handwritten:
+            continue
+        pages[outdir / "modules" / f"{module}.rst"] = render_module_page(module, documented)
+        modules.append(f"modules/{module}")
+    pages[outdir / "index.rst"] = render_reference_index(kinds)
+    pages[outdir / "modules.rst"] = render_modules_index(modules, handwritten)
+    for path, text in pages.items():
+        _write(path, text)
+    for stale in outdir.rglob("*.rst"):
+        if stale not in pages:
+            stale.unlink()
+    return list(pages)

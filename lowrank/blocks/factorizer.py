@@ -1,0 +1,165 @@
+"""Factorizer block (Ashtari et al., Factorizer, §3.3–3.4): a ViT block with NMF as the mixer.
+
+For a feature map ``x: (B, C, *S)`` (pre-norm, two residual branches)::
+
+    x = x + drop(out_proj(dematricize(mixer(act(matricize(in_proj(norm1(x))))))))
+    x = x + mlp(norm2(x))                       # mlp = 1×1 conv → GELU → drop → 1×1 conv → drop
+
+- ``in_proj`` is a bias-free 1×1 conv ``C → inner`` (``inner = inner_ratio·C``), ``out_proj`` a
+  1×1 conv ``inner → C`` with bias (the reference implementation's "Wrapped NMF");
+- ``matricize`` views the map as a batch of matrices ``(B', M, N)`` (``global``, ``local``,
+  ``swin``, ...), ``act`` (ReLU by default) makes them non-negative for NMF, ``mixer`` (any
+  factorization layer, ``nmf(rank=1, iters=5)`` by default) returns their low-rank
+  reconstruction, and the matricizer's exact inverse maps it back; padded columns (sizes that do
+  not divide the patch) are passed to the mixer as ``mask`` so they do not change the factors;
+- ``norm1``/``norm2`` are LayerNorms over the channels (``norm="layer"``) or any MONAI norm.
+
+With the paper's BraTS widths, ``mlp_ratio=2`` gives ``6C² + 8C`` parameters per block.
+
+Inference-time controls: set ``block.skip_mixer = True`` to short-circuit the mixer branch
+(Factorizer paper §4.5, "NMF layer" ablation); see :mod:`lowrank.controls`.
+
+Example:
+    >>> import torch
+    >>> from lowrank import build_block
+    >>> block = build_block("factorizer(mixer=nmf(rank=1, iters=3), matricize=swin(patch=4, head_dim=8))", 16)
+    >>> block(torch.randn(1, 16, 8, 8, 8)).shape
+    torch.Size([1, 16, 8, 8, 8])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..build import LayerSpec, MatricizeSpec, SolverSpec, build_matricize, build_solver
+from ..registry import register
+from ._layers import PointwiseConv, make_act, make_norm
+
+__all__ = ["Factorizer", "FactorizerMLP"]
+
+
+class FactorizerMLP(nn.Module):
+    """Two 1×1 convs with an activation in between: ``C → hidden → C``.
+
+    Args:
+        channels: ``C``.
+        hidden: inner channels.
+        act: MONAI activation spec.
+        dropout: dropout after the activation and after the second conv.
+
+    Shapes:
+        ``(B, C, *S) -> (B, C, *S)``.
+    """
+
+    def __init__(self, channels: int, hidden: int, act: LayerSpec = "gelu", dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = PointwiseConv(channels, hidden)
+        self.act = make_act(act)
+        self.drop1 = nn.Dropout(dropout)
+        self.fc2 = PointwiseConv(hidden, channels)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply to ``x: (B, C, *S)``."""
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+@register(
+    "block",
+    "factorizer",
+    test_spec="factorizer(mixer=nmf(rank=1, iters=2), matricize=swin(patch=4, head_dim=4))",
+    test_size=8,
+)
+class Factorizer(nn.Module):
+    """Factorizer block: pre-norm matrix-factorization mixer + MLP, each with a residual.
+
+    Args:
+        channels: ``C``, the block's input and output channels.
+        spatial_dims: 1, 2 or 3.
+        mixer: the factorization layer (a ``solver`` spec), applied to ``(B', M, N)`` matrices.
+        matricize: how the map becomes matrices (a ``matricize`` spec); it must accept
+            ``inner = inner_ratio·C`` channels (e.g. ``head_dim`` dividing it).
+        mlp_ratio: MLP inner width over ``C`` (BraTS 2, ISLES 4); ``0`` removes the MLP branch.
+        inner_ratio: width of the mixer branch over ``C`` (the paper uses 1).
+        norm: the two pre-norms: ``"layer"`` (LayerNorm over channels, the paper's) or any MONAI
+            norm spec; ``None`` for none.
+        act: the MLP's activation (GELU in the paper).
+        mixer_act: applied to the matrices before the mixer; ``"relu"`` makes them non-negative
+            (needed by NMF); ``None`` for signed solvers (``semi_nmf``, ``vq``, ``cd``).
+        dropout: dropout on the mixer branch's output and inside the MLP.
+
+    Shapes:
+        ``(B, C, *S) -> (B, C, *S)``, any ``S`` the matricizer accepts.
+
+    Raises:
+        ValueError: a bad ratio or dropout; the matricizer's own errors (e.g. a head dimension
+            that does not divide the inner channels) at build time.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        spatial_dims: int = 3,
+        mixer: SolverSpec = "nmf(rank=1, iters=5)",
+        matricize: MatricizeSpec = "swin(patch=8, head_dim=8)",
+        mlp_ratio: float = 2.0,
+        inner_ratio: float = 1.0,
+        norm: LayerSpec = "layer",
+        act: LayerSpec = "gelu",
+        mixer_act: LayerSpec = "relu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"factorizer needs channels >= 1, got {channels}")
+        if mlp_ratio < 0 or inner_ratio <= 0:
+            raise ValueError(
+                f"factorizer needs mlp_ratio >= 0 and inner_ratio > 0, got {mlp_ratio} and {inner_ratio}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"factorizer dropout must be in [0, 1), got {dropout}")
+        inner = max(1, round(inner_ratio * channels))
+        self.channels, self.inner_channels, self.spatial_dims = channels, inner, spatial_dims
+        #: set to True to short-circuit the mixer branch (inference-time ablation)
+        self.skip_mixer = False
+        self.norm1 = make_norm(norm, channels, spatial_dims)
+        self.in_proj = PointwiseConv(channels, inner, bias=False)
+        self.mixer_act = make_act(mixer_act)
+        self.matricize = build_matricize(matricize, inner, spatial_dims=spatial_dims)
+        self.mixer = build_solver(mixer)
+        self.out_proj = PointwiseConv(inner, channels)
+        self.drop = nn.Dropout(dropout)
+        hidden = round(mlp_ratio * channels)
+        if hidden > 0:
+            self.norm2 = make_norm(norm, channels, spatial_dims)
+            self.mlp = FactorizerMLP(channels, hidden, act=act, dropout=dropout)
+        else:
+            self.norm2 = None
+            self.mlp = None
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The mixer branch (without the residual): ``(B, C, *S) -> (B, C, *S)``."""
+        h = self.mixer_act(self.in_proj(self.norm1(x)))
+        matrices, ctx = self.matricize(h)
+        mask = getattr(ctx, "mask", None)
+        matrices = self.mixer(matrices) if mask is None else self.mixer(matrices, mask=mask)
+        h = self.matricize.inverse(matrices, ctx)
+        return self.drop(self.out_proj(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block to ``x: (B, C, *S)``."""
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"factorizer expects (B, {self.channels}, *S) with {self.spatial_dims} spatial axes, "
+                f"got {tuple(x.shape)}"
+            )
+        if not self.skip_mixer:
+            x = x + self.mix(x)
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x
+
+    def extra_repr(self) -> str:
+        return "skip_mixer=True" if self.skip_mixer else ""

@@ -1,0 +1,331 @@
+"""The window copies of ``local`` and ``swin``: strided copies, no rolled or padded intermediate.
+
+The geometry (views, frames, runs and pieces) is in :mod:`lowrank.matricize._plans`. The matrices
+of a view are written piece by piece straight from the input into a strided view of the output
+(one pass over the data per view), and the uncovered (padding) positions are zeroed; the way back
+reads the same pieces and sums the views (one pass per view). The two maps are adjoint, so each
+one's backward is the other (custom autograd functions: the eager backward is a single pass too,
+and double backward works). Under ``torch.compile`` a functional form (pad/roll, reshape,
+permute, crop) is traced instead, which Inductor fuses.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._plans import AxisPlan, Piece, ViewPlan, WindowLayout, plan_axis
+from .base import Matricize, MatricizeContext, check_matrices, per_axis
+
+__all__ = [
+    "AxisPlan",
+    "ViewPlan",
+    "WindowLayout",
+    "WindowMatricize",
+    "plan_axis",
+    "to_windows",
+    "from_windows",
+    "window_mask",
+]
+
+
+def _window_view(block: Tensor, layout: WindowLayout, view: ViewPlan) -> Tensor:
+    """``(B·heads·G, M, N)`` -> the strided view ``(B, heads, M, g1, p1, …, gd, pd)``."""
+    d = len(view.axes)
+    shaped = block.reshape(
+        layout.batch,
+        layout.heads,
+        *[a.grid for a in view.axes],
+        block.shape[1],
+        *[a.patch for a in view.axes],
+    )
+    perm = [0, 1, 2 + d]
+    for a in range(d):
+        perm += [2 + a, 3 + d + a]
+    return shaped.permute(perm)
+
+
+def _window_piece(windows: Tensor, combo: tuple[Piece, ...]) -> Tensor:
+    for a, (g0, ng, p0, n, _) in enumerate(combo):
+        windows = windows.narrow(3 + 2 * a, g0, ng).narrow(4 + 2 * a, p0, n)
+    return windows
+
+
+def _input_piece(grouped: Tensor, combo: tuple[Piece, ...]) -> Tensor:
+    """The voxels of ``grouped: (B, heads, M, *S)`` that a piece combination covers, window-shaped."""
+    for a, (_, ng, _, n, x0) in enumerate(combo):
+        grouped = grouped.narrow(3 + a, x0, ng * n)
+    for a in reversed(range(len(combo))):
+        _, ng, _, n, _ = combo[a]
+        grouped = grouped.unflatten(3 + a, (ng, n))
+    return grouped
+
+
+def _tracked(t: Tensor) -> bool:
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def _scatter(x: Tensor, layout: WindowLayout, scale: float) -> Tensor:
+    """``(B, heads·M, *S) -> scale · matrices (B', M, N)``, zeros on padding."""
+    rows = x.shape[1] // layout.heads
+    out = x.new_empty((layout.matrices, rows, layout.columns))
+    grouped = x.unflatten(1, (layout.heads, rows))
+    fast = scale != 1.0 and not _tracked(x)
+    offset = 0
+    for view in layout.views:
+        count = layout.batch * layout.heads * view.windows
+        windows = _window_view(out[offset : offset + count], layout, view)
+        for combo in itertools.product(*[a.pieces() for a in view.axes]):
+            dst, src = _window_piece(windows, combo), _input_piece(grouped, combo)
+            if fast:
+                torch.mul(src, scale, out=dst)
+            else:
+                dst.copy_(src)
+        for a, axis in enumerate(view.axes):
+            for g0, ng, p0, n in axis.gaps():
+                windows.narrow(3 + 2 * a, g0, ng).narrow(4 + 2 * a, p0, n).zero_()
+        offset += count
+    if scale != 1.0 and not fast:
+        out = out * scale
+    return out
+
+
+def _gather_sum(matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
+    """``(B', M, N) -> scale · Σ_views (B, heads·M, *S)`` (padding columns dropped)."""
+    rows = matrices.shape[1]
+    out = matrices.new_empty((layout.batch, layout.heads * rows, *layout.spatial))
+    grouped = out.unflatten(1, (layout.heads, rows))
+    fast = not _tracked(matrices)
+    offset = 0
+    for index, view in enumerate(layout.views):
+        count = layout.batch * layout.heads * view.windows
+        windows = _window_view(matrices[offset : offset + count], layout, view)
+        for combo in itertools.product(*[a.pieces() for a in view.axes]):
+            dst, src = _input_piece(grouped, combo), _window_piece(windows, combo)
+            if index > 0:
+                dst.add_(src, alpha=scale)
+            elif scale != 1.0 and fast:
+                torch.mul(src, scale, out=dst)
+            elif scale != 1.0:
+                dst.copy_(src * scale)
+            else:
+                dst.copy_(src)
+        offset += count
+    return out
+
+
+def _frame(x: Tensor, view: ViewPlan) -> Tensor:
+    """``(…, *S) -> (…, *frame)``: the view's padded (and, if cyclic, rolled) frame (functional)."""
+    d = len(view.axes)
+    pads: list[int] = []
+    for axis in reversed(view.axes):
+        front = 0 if axis.cyclic else axis.shift
+        pads += [front, axis.frame - axis.size - front]
+    if any([p != 0 for p in pads]):
+        x = torch.nn.functional.pad(x, pads)
+    shifts = [a.shift for a in view.axes if a.cyclic]
+    if shifts and any([s != 0 for s in shifts]):
+        x = torch.roll(x, [a.shift for a in view.axes], list(range(x.dim() - d, x.dim())))
+    return x
+
+
+def _unframe(x: Tensor, view: ViewPlan) -> Tensor:
+    """The inverse of :func:`_frame`: roll back and crop ``(…, *frame) -> (…, *S)``."""
+    d = len(view.axes)
+    dims = list(range(x.dim() - d, x.dim()))
+    if any([a.cyclic and a.shift != 0 for a in view.axes]):
+        x = torch.roll(x, [-a.shift if a.cyclic else 0 for a in view.axes], dims)
+    for dim, axis in zip(dims, view.axes, strict=True):
+        start = 0 if axis.cyclic else axis.shift
+        if start != 0 or axis.size != axis.frame:
+            x = x.narrow(dim, start, axis.size)
+    return x
+
+
+def _scatter_functional(x: Tensor, layout: WindowLayout, scale: float) -> Tensor:
+    """:func:`_scatter` from pad, roll, reshape and permute (what ``torch.compile`` fuses)."""
+    rows = x.shape[1] // layout.heads
+    d = len(layout.spatial)
+    perm = [0, 1, *[3 + 2 * a for a in range(d)], 2, *[4 + 2 * a for a in range(d)]]
+    blocks = []
+    for view in layout.views:
+        framed = _frame(x, view).reshape(
+            layout.batch, layout.heads, rows, *[n for a in view.axes for n in (a.grid, a.patch)]
+        )
+        blocks.append(framed.permute(perm).reshape(-1, rows, view.columns))
+    out = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+    return out * scale if scale != 1.0 else out
+
+
+def _gather_functional(matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
+    """:func:`_gather_sum` from reshape, permute, roll and crop (what ``torch.compile`` fuses)."""
+    rows = matrices.shape[1]
+    out = None
+    offset = 0
+    for view in layout.views:
+        count = layout.batch * layout.heads * view.windows
+        windows = _window_view(matrices[offset : offset + count], layout, view)
+        framed = windows.reshape(layout.batch, layout.heads * rows, *[a.frame for a in view.axes])
+        part = _unframe(framed, view)
+        out = part if out is None else out + part
+        offset += count
+    assert out is not None
+    return out * scale if scale != 1.0 else out
+
+
+class _ToWindows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, layout: WindowLayout, scale: float) -> Tensor:
+        ctx.layout, ctx.scale = layout, scale
+        return _scatter(x, layout, scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _FromWindows.apply(grad, ctx.layout, ctx.scale), None, None
+
+
+class _FromWindows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
+        ctx.layout, ctx.scale = layout, scale
+        return _gather_sum(matrices, layout, scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _ToWindows.apply(grad, ctx.layout, ctx.scale), None, None
+
+
+def to_windows(x: Tensor, layout: WindowLayout, scale: float = 1.0) -> Tensor:
+    """``x: (B, heads·M, *S) -> (B', M, N)`` windows of every view (zeros on padding), times ``scale``."""
+    if torch.compiler.is_compiling():
+        return _scatter_functional(x, layout, scale)
+    return _ToWindows.apply(x, layout, scale)
+
+
+def from_windows(matrices: Tensor, layout: WindowLayout, scale: float = 1.0) -> Tensor:
+    """``(B', M, N) -> (B, heads·M, *S)``: ``scale`` times the sum over views (padding dropped)."""
+    if torch.compiler.is_compiling():
+        return _gather_functional(matrices, layout, scale)
+    return _FromWindows.apply(matrices, layout, scale)
+
+
+def _view_valid(view: ViewPlan, device: torch.device) -> Tensor:
+    """``(G, N)`` bool: which window columns of one view hold an input voxel."""
+    d = len(view.axes)
+    valid = torch.ones((1,) * (2 * d), dtype=torch.bool, device=device)
+    for a, axis in enumerate(view.axes):
+        if not axis.padded:
+            continue
+        line = [False] * axis.frame
+        for dst, _, n in axis.runs:
+            line[dst : dst + n] = [True] * n
+        shape = [1] * (2 * d)
+        shape[a], shape[d + a] = axis.grid, axis.patch
+        valid = valid & torch.tensor(line, dtype=torch.bool, device=device).view(shape)
+    full = valid.expand(*[a.grid for a in view.axes], *[a.patch for a in view.axes])
+    return full.reshape(view.windows, view.columns)
+
+
+def window_mask(layout: WindowLayout, device: torch.device) -> Tensor | None:
+    """``(B', N)`` bool, True on the columns that hold an input voxel; None if none is padding."""
+    if not layout.padded:
+        return None
+    out = torch.empty((layout.matrices, layout.columns), dtype=torch.bool, device=device)
+    offset = 0
+    for view in layout.views:
+        count = layout.batch * layout.heads * view.windows
+        block = out[offset : offset + count].view(layout.batch * layout.heads, view.windows, view.columns)
+        if view.padded:
+            block.copy_(_view_valid(view, device))
+        else:
+            block.fill_(True)
+        offset += count
+    return out
+
+
+class WindowMatricize(Matricize):
+    """Shared machinery of ``local`` and ``swin``: windows of one or more shifted tilings.
+
+    Args:
+        patch: window size, one int for every axis or one per axis.
+        shifts: the views' offsets, each an int (every axis) or one per axis, ``0 <= s < patch``.
+        cyclic: wrap around the borders (the reference's roll) instead of zero padding.
+        heads, head_dim, channels, spatial_dims: see :class:`~lowrank.matricize.base.Matricize`.
+    """
+
+    def __init__(
+        self,
+        *,
+        patch: int | Sequence[int],
+        shifts: Sequence[int | Sequence[int]],
+        cyclic: bool,
+        heads: int | None,
+        head_dim: int | None,
+        channels: int | None,
+        spatial_dims: int | None,
+    ):
+        super().__init__(heads=heads, head_dim=head_dim, channels=channels, spatial_dims=spatial_dims)
+        if not isinstance(patch, int):
+            patch = tuple(patch)
+            if self.spatial_dims is None and len(patch) in (1, 2, 3):
+                self.spatial_dims = len(patch)
+        shifts = tuple([s if isinstance(s, int) else tuple(s) for s in shifts])
+        if not shifts:
+            raise ValueError(f"{self._name}: shifts must hold at least one shift, got []")
+        self.patch, self.shifts, self.cyclic = patch, shifts, bool(cyclic)
+        for nd in (self.spatial_dims,) if self.spatial_dims is not None else (1, 2, 3):
+            self._geometry(nd)  # validate now; the per-axis values are recomputed at run time
+
+    def _geometry(self, nd: int) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+        """Per-axis patch and shifts for ``nd`` spatial axes (validated)."""
+        patch = per_axis(self._name, "patch", self.patch, nd, minimum=1)
+        shifts = []
+        for shift in self.shifts:
+            s = per_axis(self._name, "shift", shift, nd, minimum=0)
+            if any([v >= p for v, p in zip(s, patch, strict=True)]):
+                raise ValueError(
+                    f"{self._name}: each shift must be smaller than the patch on its axis "
+                    f"(0 <= shift < patch), got shift {list(s)} for patch {list(patch)}; "
+                    f"use the shift modulo the patch"
+                )
+            shifts.append(s)
+        return patch, tuple(shifts)
+
+    def layout(self, x: Tensor, heads: int) -> WindowLayout:
+        """The :class:`WindowLayout` of input ``x`` (sizes read from ``x``)."""
+        spatial = tuple(x.shape[2:])
+        patch, shifts = self._geometry(len(spatial))
+        views = tuple(
+            [
+                ViewPlan(
+                    tuple(
+                        [
+                            plan_axis(n, p, s, self.cyclic)
+                            for n, p, s in zip(spatial, patch, shift, strict=True)
+                        ]
+                    )
+                )
+                for shift in shifts
+            ]
+        )
+        return WindowLayout(x.shape[0], heads, spatial, views)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, MatricizeContext]:
+        """``x: (B, C, *S) -> (matrices (B·heads·Σ windows, E, ∏patch), ctx)``."""
+        heads, _ = self._check_input(x)
+        layout = self.layout(x, heads)
+        matrices = to_windows(x, layout)
+        ctx = MatricizeContext(tuple(x.shape), heads, window_mask(layout, x.device), layout)
+        return matrices, ctx
+
+    def inverse(self, matrices: Tensor, ctx: MatricizeContext) -> Tensor:
+        """``(B', M, N) -> (B, heads·M, *S)``: each view folded back, cropped, views averaged."""
+        layout: WindowLayout = ctx.layout
+        check_matrices(self._name, matrices, ctx, layout.matrices, layout.columns)
+        return from_windows(matrices, layout, 1.0 / len(layout.views))
+
+    def extra_repr(self) -> str:
+        return ""

@@ -1,0 +1,206 @@
+"""Convolutional baselines over the U-Net skeleton: U-Net, Res-U-Net, Pre-U-Net.
+
+Defaults are the papers' configurations:
+
+- ``unet``: the Factorizer paper's / thesis ch. 6 U-Net baseline (nnU-Net-like): 3×3×3 stem,
+  ``double_conv`` blocks with GroupNorm (8 channels per group) + LeakyReLU, 2×2×2 strided-conv
+  down, 2×2×2 transposed-conv up, widths 32…512, deep supervision at 3 resolutions
+  (28.7M parameters for 4 → 3 channels);
+- ``resunet``: thesis ch. 8: no stem, ``residual`` blocks (conv, InstanceNorm, LeakyReLU, 1×1
+  shortcut), max-pool down, 3×3×3 transposed-conv up, F = 60 (widths 60…960), one head
+  (92.2M parameters for 4 → 4 channels). ``first_level_conv`` keeps level 0 dense when ``conv``
+  is low-rank (the thesis's low-rank Res-U-Net);
+- ``pre_unet``: thesis ch. 6: like ``unet`` with ``preact_residual`` blocks
+  (GroupNorm → LeakyReLU → conv, twice, + shortcut) — 28.9M parameters.
+
+Every 3×3×3 conv of the blocks (and the stem) is built from ``conv`` (``"dense"`` by default).
+
+Example:
+    >>> import torch
+    >>> from lowrank import build_net
+    >>> net = build_net("resunet(channels=[8, 16, 32])", 4, 4).eval()
+    >>> net(torch.randn(1, 4, 20, 20, 12)).shape
+    torch.Size([1, 4, 20, 20, 12])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..build import ConvSpec, LayerSpec
+from ..registry import register
+from ..spec import Spec
+from .skeleton import UNetSkeleton
+
+__all__ = ["UNet", "ResUNet", "PreUNet"]
+
+_GROUP8 = ("group", {"group_size": 8})
+_LEAKY = ("leakyrelu", {"negative_slope": 0.01})
+_SMALL = "channels=[4, 8], deep_supervision=1"
+
+
+def _layer(value):
+    """A MONAI ``(name, {kwargs})`` layer spec as a :class:`Spec` (printable in the grammar)."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
+        return Spec(value[0], dict(value[1]))
+    return value
+
+
+def _block(name: str, norm, act, dropout: float) -> Spec:
+    return Spec(name, {"norm": _layer(norm), "act": _layer(act), "dropout": dropout})
+
+
+@register("net", "unet", test_spec=f"unet({_SMALL})", test_size=8)
+class UNet(UNetSkeleton):
+    """U-Net (nnU-Net-style baseline of the Factorizer paper and thesis ch. 6).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        spatial_dims: 1, 2 or 3.
+        channels: widths per level, highest resolution first.
+        conv: conv spec of the stem and every 3×3×3 block conv.
+        first_level_conv: conv spec at level 0 instead of ``conv`` (``None``: same).
+        norm: MONAI norm spec (GroupNorm with 8 channels per group).
+        act: MONAI activation spec (LeakyReLU(0.01)).
+        deep_supervision: heads at the highest resolutions (3 in the paper; 1 = none), at most
+            ``len(channels) - 1`` (clamped).
+        dropout: dropout inside each block.
+        strides: downsampling strides (default 2 per level).
+
+    Shapes:
+        See :class:`~lowrank.nets.skeleton.UNetSkeleton`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        spatial_dims: int = 3,
+        channels: Sequence[int] = (32, 64, 128, 256, 512),
+        conv: ConvSpec = "dense",
+        first_level_conv: ConvSpec | None = None,
+        norm: LayerSpec = _GROUP8,
+        act: LayerSpec = _LEAKY,
+        deep_supervision: int = 3,
+        dropout: float = 0.0,
+        strides: Sequence[int | Sequence[int]] | None = None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            spatial_dims=spatial_dims,
+            channels=channels,
+            block=_block("double_conv", norm, act, dropout),
+            strides=strides,
+            stem=True,
+            down="conv",
+            conv=conv,
+            first_level_conv=first_level_conv,
+            deep_supervision=min(deep_supervision, max(1, len(channels) - 1)),
+        )
+
+
+@register("net", "resunet", aliases=("res_unet",), test_spec=f"resunet({_SMALL})", test_size=8)
+class ResUNet(UNetSkeleton):
+    """Res-U-Net of thesis ch. 8 (92.2M parameters dense at F = 60, 4 → 4 channels).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        spatial_dims: 1, 2 or 3.
+        channels: widths per level (F, 2F, …, 16F with F = 60).
+        conv: conv spec of every 3×3×3 block conv (e.g. ``cp_conv(rank=0.5)``).
+        first_level_conv: conv spec of the level-0 blocks instead of ``conv`` (the thesis keeps
+            the first level dense: ``first_level_conv=dense``).
+        norm: MONAI norm spec (InstanceNorm).
+        act: MONAI activation spec (LeakyReLU(0.01)).
+        deep_supervision: heads at the highest resolutions (1 = none, the thesis's).
+        dropout: dropout inside each block.
+        strides: max-pooling strides (default 2 per level).
+
+    Shapes:
+        See :class:`~lowrank.nets.skeleton.UNetSkeleton`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        spatial_dims: int = 3,
+        channels: Sequence[int] = (60, 120, 240, 480, 960),
+        conv: ConvSpec = "dense",
+        first_level_conv: ConvSpec | None = None,
+        norm: LayerSpec = "instance",
+        act: LayerSpec = _LEAKY,
+        deep_supervision: int = 1,
+        dropout: float = 0.0,
+        strides: Sequence[int | Sequence[int]] | None = None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            spatial_dims=spatial_dims,
+            channels=channels,
+            block=_block("residual", norm, act, dropout),
+            strides=strides,
+            stem=False,
+            down="maxpool",
+            up_kernel=3,
+            conv=conv,
+            first_level_conv=first_level_conv,
+            deep_supervision=min(deep_supervision, max(1, len(channels) - 1)),
+        )
+
+
+@register("net", "pre_unet", aliases=("preunet",), test_spec=f"pre_unet({_SMALL})", test_size=8)
+class PreUNet(UNetSkeleton):
+    """Pre-U-Net of thesis ch. 6: pre-activation residual blocks, deep supervision at 3 levels.
+
+    Args:
+        in_channels: input channels (2 in the thesis: two FLAIR time points).
+        out_channels: output channels.
+        spatial_dims: 1, 2 or 3.
+        channels: widths per level.
+        conv: conv spec of the stem and every 3×3×3 block conv.
+        first_level_conv: conv spec at level 0 instead of ``conv``.
+        norm: MONAI norm spec (GroupNorm with 8 channels per group).
+        act: MONAI activation spec (LeakyReLU(0.01)).
+        deep_supervision: heads at the highest resolutions.
+        dropout: dropout inside each block.
+        strides: downsampling strides.
+
+    Shapes:
+        See :class:`~lowrank.nets.skeleton.UNetSkeleton`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        spatial_dims: int = 3,
+        channels: Sequence[int] = (32, 64, 128, 256, 512),
+        conv: ConvSpec = "dense",
+        first_level_conv: ConvSpec | None = None,
+        norm: LayerSpec = _GROUP8,
+        act: LayerSpec = _LEAKY,
+        deep_supervision: int = 3,
+        dropout: float = 0.0,
+        strides: Sequence[int | Sequence[int]] | None = None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            spatial_dims=spatial_dims,
+            channels=channels,
+            block=_block("preact_residual", norm, act, dropout),
+            strides=strides,
+            stem=True,
+            down="conv",
+            conv=conv,
+            first_level_conv=first_level_conv,
+            deep_supervision=min(deep_supervision, max(1, len(channels) - 1)),
+        )

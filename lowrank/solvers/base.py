@@ -1,0 +1,435 @@
+"""Shared machinery of the factorization layers (kind ``solver``), their inits and update rules.
+
+A factorization layer maps a batch of matrices ``X: (*batch, M, N)`` to factors
+``U: (*batch, M, R)`` and ``V: (*batch, N, R)`` and returns the reconstruction ``U Vᵀ``.
+:class:`Factorization` runs everything that is common to all families:
+
+1. **dtype**: the factorization runs in float32 (float64 for float64 input) with autocast
+   disabled, whatever the input dtype or autocast state (``fp32=False``: in the input dtype);
+   the output is cast back to the input dtype.
+2. **mask**: ``mask: (*batch, N)`` bool (``True`` = valid column). Masked columns of X are
+   zeroed and the masked rows of V are zeroed after the initial state and after every step,
+   so they add nothing to ``X V``, ``VᵀV`` or any other statistic of U: the factorization of
+   the valid part is exactly the one of the valid columns alone. The output is 0 there.
+3. **scale**: X is divided by ``s = max |X|`` per matrix (1 for an all-zero matrix) and the
+   output multiplied back: ``out = s · f(X / s)``. This keeps tiny (1e-30) and huge (1e15)
+   inputs away from float under/overflow and makes eps (and e.g. weak NMF's λ) relative to
+   the data. ``s`` is differentiated, so gradients are those of ``s · f(X / s)`` exactly;
+   families that are 1-homogeneous up to eps (NMF, semi-NMF) set ``homogeneous = True`` and
+   ``s`` is then treated as a constant (its gradient contribution vanishes by Euler's theorem),
+   which saves two tensors of X's size for backward.
+4. **eps**: ``eps=None`` means ``torch.finfo(compute dtype).eps`` (relative to the scaled data).
+5. **rank**: an int, or a float ``c`` read as a compression ratio: ``R = max(1, ⌊MN / (c (M+N))⌋)``
+   (the factors hold ``1/c`` of the entries of X), resolved at run time from ``M, N``.
+6. **iterations and gradient modes** (``T = iters`` in training, ``eval_iters`` in eval):
+   ``state = initial_state(X, U0)``, then ``T`` times ``state = step(X, state)``, then
+   ``reconstruct(state)``.
+
+   * ``grad_steps=None``: autograd through the initial state and every step.
+   * ``grad_steps=k`` (``1 <= k < T``): the initial state and the first ``T - k`` steps run
+     under ``torch.no_grad()``; the state they produce is a constant. The differentiated graph
+     contains exactly the last ``k`` calls of ``step`` (as functions of the scaled X and of the
+     detached incoming state) and the reconstruction. ``k >= T`` is the same as ``None``.
+   * ``grad_steps=1`` is Hamburger's one-step gradient: only the last step (for NMF: one
+     U-update followed by one V-update, at the no-grad fixed-point estimate) and ``U Vᵀ`` are
+     differentiated.
+
+   With ``grad_steps=k < iters`` the init receives no gradient, so ``init=learned`` requires
+   ``grad_steps=None`` (checked at build time).
+7. **init**: an ``init`` part (``uniform``, ``random``, ``online``, ``learned``, ``svd``,
+   ``nndsvd``), built with ``lowrank.build.build("init", spec, rank=rank)``, gives
+   ``U0: (*batch, M, R)``; families with ``nonnegative = True`` use ``|U0|``. In training the
+   init's ``observe(U)`` hook sees the final (detached) U (the online/EMA init uses it).
+8. ``store_factors``: set ``module.store_factors = True`` and every forward keeps
+   ``module.factors = (U (*batch, M, R), V (*batch, N, R))``, detached, in the input's scale
+   (``U Vᵀ`` is the output). ``return_factors=True`` makes forward return ``(out, (U, V))``
+   with gradient.
+
+How a family plugs in
+---------------------
+Subclass :class:`Factorization`, call ``super().__init__`` with the common arguments, and
+supply two methods (all tensors in the compute dtype, X scaled and masked):
+
+* ``initial_state(x, u0, mask, eps) -> state``: ``state`` is a tuple whose first two entries
+  are ``U (*batch, M, R)`` and ``V (*batch, N, R)``; further entries are free (e.g. a
+  temperature-scaled similarity).
+* ``step(x, state, mask, eps) -> state``: one iteration. ``mask`` is ``(*batch, N, 1)`` float or
+  ``None``; if a step computes V and then uses it for U within one call, multiply V by ``mask``
+  in between (the base masks V only between calls).
+
+Optionally override ``reconstruct(state) -> (*batch, M, N)`` (default ``U @ Vᵀ``),
+``factors_of(state) -> (U, V)`` (default the first two entries), ``factorize`` (the loop; see
+:func:`run_iterations` to reuse the grad modes) or ``solve(x, mask, rank, iters, eps) ->
+(out, state)`` (loop and reconstruction together, e.g. for a fast path such as NMF's rank 1;
+such a path may also return ``False`` from ``prescale(rank)`` to receive X unscaled when it is
+scale-equivariant by construction and guards its own range, saving a copy of X's size).
+Register with ``@register("solver", name, test_spec=...)``. Update rules (kind ``update``)
+subclass :class:`Update`; inits (kind ``init``) subclass :class:`Init`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..build import InitSpec, build
+
+__all__ = [
+    "Factorization",
+    "abs_max",
+    "Init",
+    "Update",
+    "compute_dtype",
+    "default_eps",
+    "hash_uniform",
+    "resolve_rank",
+    "run_iterations",
+]
+
+State = tuple[Tensor, ...]
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(h: Tensor) -> Tensor:
+    """A 32-bit integer hash (xorshift-multiply) on int64 tensors; no overflow (< 2**63)."""
+    h = h & _M32
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _M32
+    h = h ^ (h >> 15)
+    h = (h * 0x68E31DA5) & _M32
+    return h ^ (h >> 16)
+
+
+def hash_uniform(
+    shape: tuple[int, ...] | torch.Size,
+    *,
+    seed: int,
+    counter: Tensor | int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Counter-based pseudo-random numbers in ``(0, 1]``, never touching the global RNG.
+
+    A hash of (element index, seed, counter) computed with integer tensor ops on ``device``: the
+    same arguments give the same numbers on every device, and it compiles without graph breaks
+    (unlike a ``torch.Generator`` argument).
+
+    Args:
+        shape: output shape.
+        seed: a Python int.
+        counter: an int or a 0-d int64 tensor (e.g. a buffer advanced once per call).
+        device: output device.
+        dtype: floating output dtype.
+
+    Returns:
+        A tensor of ``shape`` with values in ``(0, 1]`` (24 random bits each; never exactly 0,
+        so multiplicative updates cannot start from a dead entry).
+    """
+    n = math.prod(shape)
+    idx = torch.arange(n, device=device, dtype=torch.int64)
+    counter = torch.as_tensor(counter, device=device, dtype=torch.int64)
+    key = _mix32(counter * 0x2C1B3C6D + (seed * 0x297A2D39 + 0x5BD1E995))
+    h = _mix32(_mix32(idx ^ key) + key)
+    return (((h >> 8) + 1).to(dtype) * (1.0 / (1 << 24))).reshape(shape)
+
+
+def abs_max(x: Tensor) -> Tensor:
+    """``max |x|`` over the last two dims, ``(*batch, 1, 1)``, without a temporary of x's size."""
+    return torch.maximum(x.amax(dim=(-2, -1), keepdim=True), -x.amin(dim=(-2, -1), keepdim=True))
+
+
+def compute_dtype(dtype: torch.dtype, fp32: bool = True) -> torch.dtype:
+    """The dtype a factorization runs in: float64 stays, anything else becomes float32 if ``fp32``."""
+    if dtype == torch.float64 or not fp32:
+        return dtype
+    return torch.float32
+
+
+def default_eps(dtype: torch.dtype) -> float:
+    """``torch.finfo(dtype).eps``: the default eps of the factorizations (data scaled to max 1)."""
+    return float(torch.finfo(dtype).eps)
+
+
+def resolve_rank(rank: int | float, m: int, n: int) -> int:
+    """The integer rank for an ``(M, N)`` matrix.
+
+    Args:
+        rank: an int (returned as is) or a float compression ratio ``c > 0``.
+        m: rows M.
+        n: columns N.
+
+    Returns:
+        ``rank``, or ``max(1, floor(M N / (c (M + N))))`` for a float.
+    """
+    if isinstance(rank, bool):
+        raise TypeError("rank must be an int or a float compression ratio, not a bool")
+    if isinstance(rank, int):
+        return rank
+    return max(1, int(m * n / (rank * (m + n))))
+
+
+def run_iterations(
+    initial: Callable[[], State],
+    step: Callable[[State], State],
+    iters: int,
+    grad_steps: int | None,
+) -> State:
+    """Run ``initial()`` then ``iters`` times ``step`` with the gradient mode ``grad_steps``.
+
+    Args:
+        initial: returns the initial state.
+        step: maps a state to the next one.
+        iters: number of steps T.
+        grad_steps: ``None`` (all differentiated) or k (only the last k steps differentiated;
+            the state entering them is detached).
+
+    Returns:
+        The final state.
+    """
+    free = 0 if grad_steps is None or not torch.is_grad_enabled() else max(iters - grad_steps, 0)
+    if free > 0:
+        with torch.no_grad():
+            state = initial()
+            for _ in range(free):
+                state = step(state)
+        state = tuple(s.detach() for s in state)
+    else:
+        state = initial()
+    for _ in range(iters - free):
+        state = step(state)
+    return state
+
+
+class Init(nn.Module):
+    """Base of the ``init`` parts: ``forward(x: (*batch, M, N), rank: int) -> U0 (*batch, M, rank)``.
+
+    ``x`` is the scaled (max |x| = 1), masked matrix in the compute dtype; the result must be in
+    ``x``'s dtype and device. Set ``receives_gradient = True`` if U0 carries parameters.
+    """
+
+    receives_gradient: bool = False
+
+    def forward(self, x: Tensor, rank: int) -> Tensor:  # pragma: no cover - abstract
+        """Return the initial left factor ``U0: (*batch, M, rank)``."""
+        raise NotImplementedError
+
+    def observe(self, u: Tensor) -> None:
+        """Called in training with the final left factor ``U: (*batch, M, R)`` (detached)."""
+
+
+class Update(nn.Module):
+    """Base of the ``update`` parts: one update of the left factor W of ``X ≈ W Hᵀ``.
+
+    ``forward(x: (*batch, P, Q), w: (*batch, P, R), h: (*batch, Q, R), eps: float) -> w_new``.
+    The right factor is updated by the same rule on the transpose: ``update(x.mT, h, w)``.
+
+    Attributes:
+        start: the value V is filled with before its first update (from U0).
+    """
+
+    start: float = 1.0
+
+    def forward(self, x: Tensor, w: Tensor, h: Tensor, eps: float) -> Tensor:  # pragma: no cover
+        """Return the updated left factor ``(*batch, P, R)``."""
+        raise NotImplementedError
+
+
+class Factorization(nn.Module):
+    """Base class of the factorization layers: ``(*batch, M, N) -> (*batch, M, N)``.
+
+    See the module docstring for what the base does and what a family supplies.
+
+    Args:
+        rank: the rank R, an int, or a float compression ratio (see :func:`resolve_rank`).
+        iters: iterations T in training.
+        eval_iters: iterations in eval mode (default ``iters``); an inference-time speed knob.
+        init: the init part spec (kind ``init``), built with the context ``rank``.
+        grad_steps: ``None`` (backprop through all iterations), or k (only the last k).
+        eps: denominator guard, relative to the scaled data; ``None`` = ``finfo(dtype).eps``.
+        fp32: run in float32 under autocast / for half inputs (float64 stays float64).
+        return_factors: forward returns ``(out, (U, V))`` instead of ``out``.
+
+    Raises:
+        ValueError: a non-positive rank, iters or grad_steps, a negative eps, or
+            ``init=learned`` with ``grad_steps < iters``.
+    """
+
+    #: families whose U must be non-negative use ``|U0|``.
+    nonnegative: bool = True
+    #: ``f(cX) = c f(X)`` (up to eps): the scale s is then not differentiated (see the module doc).
+    homogeneous: bool = False
+
+    def __init__(
+        self,
+        *,
+        rank: int | float = 1,
+        iters: int = 5,
+        eval_iters: int | None = None,
+        init: InitSpec = "uniform",
+        grad_steps: int | None = None,
+        eps: float | None = None,
+        fp32: bool = True,
+        return_factors: bool = False,
+    ):
+        super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank <= 0:
+            raise ValueError(f"rank must be a positive int or a positive compression ratio, got {rank!r}")
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        if eval_iters is not None and eval_iters < 1:
+            raise ValueError(f"eval_iters must be >= 1 (or none for iters), got {eval_iters}")
+        if grad_steps is not None and grad_steps < 1:
+            raise ValueError(
+                f"grad_steps must be >= 1 (or none to backprop through every iteration), got {grad_steps}"
+            )
+        if eps is not None and not eps > 0:
+            raise ValueError(f"eps must be > 0 (or none for finfo(dtype).eps), got {eps}")
+        self.rank = rank
+        self.iters = iters
+        self.eval_iters = iters if eval_iters is None else eval_iters
+        self.grad_steps = grad_steps
+        self.eps = eps
+        self.fp32 = fp32
+        self.return_factors = return_factors
+        self.store_factors = False
+        self.factors: tuple[Tensor, Tensor] | None = None
+        self.init = build("init", init, rank=rank)
+        if getattr(self.init, "receives_gradient", False) and grad_steps is not None and grad_steps < iters:
+            raise ValueError(
+                f"init={getattr(self.init, 'spec', init)} learns U0 from the gradient, but with "
+                f"grad_steps={grad_steps} < iters={iters} no gradient reaches it: use grad_steps=none "
+                "or another init (online, uniform, random)"
+            )
+
+    # ----------------------------------------------------------------------------- family hooks
+    def initial_state(self, x: Tensor, u0: Tensor, mask: Tensor | None, eps: float) -> State:
+        """Return the initial state ``(U, V, ...)`` from ``U0`` (families override)."""
+        raise NotImplementedError
+
+    def step(self, x: Tensor, state: State, mask: Tensor | None, eps: float) -> State:
+        """Return the state after one iteration (families override)."""
+        raise NotImplementedError
+
+    def reconstruct(self, state: State) -> Tensor:
+        """The reconstruction ``U Vᵀ: (*batch, M, N)`` of a state."""
+        u, v = self.factors_of(state)
+        return u @ v.mT
+
+    def factors_of(self, state: State) -> tuple[Tensor, Tensor]:
+        """The factors ``(U, V)`` of a state."""
+        return state[0], state[1]
+
+    # ------------------------------------------------------------------------------ machinery
+    def resolve_rank(self, m: int, n: int) -> int:
+        """The integer rank for ``(M, N)`` matrices."""
+        return resolve_rank(self.rank, m, n)
+
+    def initial_u(self, x: Tensor, rank: int) -> Tensor:
+        """``U0`` from the init part (``|U0|`` for non-negative families)."""
+        u0 = self.init(x, rank)
+        return u0.abs() if self.nonnegative else u0
+
+    def factorize(self, x: Tensor, mask: Tensor | None, rank: int, iters: int, eps: float) -> State:
+        """Run the iterations on the scaled, masked ``x`` with the gradient mode.
+
+        Args:
+            x: ``(*batch, M, N)`` in the compute dtype, max |x| <= 1, masked columns zero.
+            mask: ``(*batch, N, 1)`` float or ``None``.
+            rank: the integer rank.
+            iters: the number of iterations.
+            eps: the denominator guard.
+
+        Returns:
+            The final state.
+        """
+
+        def masked(state: State) -> State:
+            if mask is None:
+                return state
+            return (state[0], state[1] * mask, *state[2:])
+
+        def initial() -> State:
+            return masked(self.initial_state(x, self.initial_u(x, rank), mask, eps))
+
+        def step(state: State) -> State:
+            return masked(self.step(x, state, mask, eps))
+
+        return run_iterations(initial, step, iters, self.grad_steps)
+
+    def prescale(self, rank: int) -> bool:
+        """Whether the base divides X by ``max |X|`` before :meth:`solve` (default ``True``).
+
+        Return ``False`` only if :meth:`solve` is exactly scale-equivariant by itself and guards
+        its own under/overflow (NMF's rank-1 path does: it saves a copy of X's size).
+        """
+        return True
+
+    def solve(
+        self, x: Tensor, mask: Tensor | None, rank: int, iters: int, eps: float
+    ) -> tuple[Tensor, State]:
+        """Factorize and reconstruct: ``(U Vᵀ, state)`` for the scaled, masked ``x``.
+
+        The default runs :meth:`factorize` then :meth:`reconstruct`; override for a fast path
+        (the state must still start with ``U``, and with ``(U, V)`` when factors are requested).
+        """
+        state = self.factorize(x, mask, rank, iters, eps)
+        return self.reconstruct(state), state
+
+    def _check(self, x: Tensor, mask: Tensor | None) -> None:
+        if x.dim() < 2:
+            raise ValueError(
+                f"{type(self).__name__} expects matrices (*batch, M, N), got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} expects a floating tensor, got {x.dtype}")
+        if mask is not None and (mask.shape != x.shape[:-2] + x.shape[-1:] or mask.dtype != torch.bool):
+            raise ValueError(
+                f"mask must be a bool tensor of shape (*batch, N) = {tuple(x.shape[:-2] + x.shape[-1:])}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Any:
+        """Factorize ``x: (*batch, M, N)`` and return its rank-R reconstruction ``(*batch, M, N)``.
+
+        Args:
+            x: the matrices.
+            mask: ``(*batch, N)`` bool, ``True`` for valid columns, or ``None``.
+
+        Returns:
+            ``U Vᵀ`` in ``x``'s dtype (0 at masked columns); with ``return_factors``, also
+            ``(U (*batch, M, R), V (*batch, N, R))``.
+        """
+        self._check(x, mask)
+        iters = self.iters if self.training else self.eval_iters
+        dtype = compute_dtype(x.dtype, self.fp32)
+        eps = self.eps if self.eps is not None else default_eps(dtype)
+        rank = self.resolve_rank(x.shape[-2], x.shape[-1])
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(dtype)
+            mf = None
+            if mask is not None:
+                mf = mask.to(dtype).unsqueeze(-1)
+                xc = xc * mf.mT
+            scale = None
+            if self.prescale(rank):
+                scale = abs_max(xc.detach() if self.homogeneous else xc)
+                scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+                xc = xc / scale
+            out, state = self.solve(xc, mf, rank, iters, eps)
+            if scale is not None:
+                out = out * scale
+            if self.training:
+                self.init.observe(state[0].detach())
+            if self.store_factors or self.return_factors:
+                u, v = self.factors_of(state)
+                v = v if scale is None else v * scale
+                if self.store_factors:
+                    self.factors = (u.detach(), v.detach())
+        out = out.to(x.dtype)
+        if self.return_factors:
+            return out, (u, v)
+        return out

@@ -1,0 +1,250 @@
+"""Initializations of the left factor ``U0: (*batch, M, R)`` (kind ``init``).
+
+``uniform``, ``online`` and ``learned`` hold an ``(M, R)`` table. ``M`` (the rows of the
+matrices, e.g. the head dim) is not known when a solver is built from a spec, so the table is
+registered in ``__init__`` empty and drawn on the first call (or at construction when ``dim``
+is given). Loading a state dict into a fresh module sizes the table from the state dict. For
+``learned``, create the optimizer after the first forward (or give ``dim``), as with any lazy
+module. All random numbers come from :func:`~lowrank.solvers.base.hash_uniform` (seeded,
+counter-based, on the input's device): the global RNG is never touched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import register
+from .base import Init, hash_uniform
+
+__all__ = ["LearnedInit", "NNDSVDInit", "OnlineInit", "RandomInit", "SVDInit", "UniformInit"]
+
+
+class _TableInit(Init):
+    """An ``(M, R)`` table, drawn U(0, 1) from ``seed`` at construction or on the first call."""
+
+    _is_parameter = False
+
+    def __init__(self, *, rank: int | float | None = None, dim: int | None = None, seed: int = 0):
+        super().__init__()
+        if dim is not None and dim < 1:
+            raise ValueError(f"dim must be >= 1 (the rows M of the matrices) or none, got {dim}")
+        self.seed = seed
+        self.dim = dim
+        table = torch.empty(0, 0)
+        if dim is not None and isinstance(rank, int) and not isinstance(rank, bool):
+            table = self._draw(dim, rank, table.device, table.dtype)
+        if self._is_parameter:
+            self.weight = nn.Parameter(table)
+        else:
+            self.register_buffer("weight", table)
+        self._register_load_state_dict_pre_hook(self._resize_on_load)
+
+    def _draw(self, m: int, r: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        return hash_uniform((m, r), seed=self.seed, device=device, dtype=dtype)
+
+    def _resize_on_load(self, state_dict, prefix, *args, **kwargs) -> None:
+        incoming = state_dict.get(prefix + "weight")
+        if incoming is not None and incoming.shape != self.weight.shape and self.weight.numel() == 0:
+            table = torch.empty(incoming.shape, dtype=self.weight.dtype, device=self.weight.device)
+            self.weight = nn.Parameter(table) if self._is_parameter else table
+
+    def table(self, x: Tensor, rank: int) -> Tensor:
+        """The ``(M, R)`` table for ``x``, drawn on the first call."""
+        m = x.shape[-2]
+        if self.weight.numel() == 0:
+            drawn = self._draw(m, rank, x.device, x.dtype if x.dtype == torch.float64 else torch.float32)
+            self.weight = nn.Parameter(drawn) if self._is_parameter else drawn
+        rows, cols = self.weight.shape
+        if rows != m or cols < rank:
+            raise ValueError(
+                f"{type(self).__name__} holds a ({rows}, {cols}) table but the matrices have M={m} rows "
+                f"and rank {rank}: a table init serves one matrix height; build a new solver (or give "
+                "an int rank and dim=M)"
+            )
+        return self.weight[:, :rank].to(x.dtype)
+
+    def forward(self, x: Tensor, rank: int) -> Tensor:
+        """``U0: (*batch, M, rank)``, the table for every matrix of the batch."""
+        return self.table(x, rank).expand(*x.shape[:-2], -1, -1)
+
+
+@register("init", "uniform", test_spec="nmf(rank=2, init=uniform)")
+class UniformInit(_TableInit):
+    """Fixed U(0, 1) init: an ``(M, R)`` buffer drawn once from ``seed``, saved in the state dict.
+
+    Args:
+        rank: the solver's rank (context).
+        dim: the rows M of the matrices; when given with an int rank the buffer is drawn at
+            construction, otherwise on the first call.
+        seed: the seed of the draw (deterministic; the global RNG is not used).
+    """
+
+
+@register("init", "learned", test_spec="nmf(rank=2, init=learned)")
+class LearnedInit(_TableInit):
+    """Learned init: an ``(M, R)`` parameter (started U(0, 1)) that receives the gradient.
+
+    Non-negative solvers use its absolute value. Requires ``grad_steps=None`` (with fewer
+    differentiated steps no gradient reaches it; the solver checks this at build time).
+
+    Args:
+        rank: the solver's rank (context).
+        dim: the rows M; when given with an int rank the parameter exists at construction (so an
+            optimizer can be created before the first forward).
+        seed: the seed of the starting values.
+    """
+
+    _is_parameter = True
+    receives_gradient = True
+
+
+@register("init", "online", test_spec="nmf(rank=2, init=online(momentum=0.9))")
+class OnlineInit(_TableInit):
+    """Online (EMA) init (Hamburger): U0 is a running average of the final U seen in training.
+
+    After each training forward, every column of the final U is scaled to unit L2 norm,
+    averaged over the batch and blended in: ``table ← momentum·table + (1 − momentum)·mean``,
+    then the table's columns are renormalized. Eval forwards do not change it.
+
+    Args:
+        rank: the solver's rank (context).
+        momentum: the EMA momentum in [0, 1).
+        dim: the rows M (see ``uniform``).
+        seed: the seed of the starting table.
+    """
+
+    def __init__(
+        self, *, rank: int | float | None = None, momentum: float = 0.9, dim: int | None = None, seed: int = 0
+    ):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        super().__init__(rank=rank, dim=dim, seed=seed)
+
+    def _draw(self, m: int, r: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        return _unit_columns(super()._draw(m, r, device, dtype))
+
+    @torch.no_grad()
+    def observe(self, u: Tensor) -> None:
+        """Blend the batch mean of the unit-normalized columns of ``u: (*batch, M, R)`` in."""
+        if self.weight.numel() == 0 or self.weight.shape[1] != u.shape[-1]:
+            return
+        mean = _unit_columns(u).reshape(-1, *u.shape[-2:]).mean(0).to(self.weight.dtype)
+        self.weight.mul_(self.momentum).add_(mean, alpha=1.0 - self.momentum)
+        self.weight.copy_(_unit_columns(self.weight))
+
+
+def _unit_columns(u: Tensor) -> Tensor:
+    norm = u.square().sum(-2, keepdim=True).sqrt()
+    return u / norm.clamp_min(torch.finfo(u.dtype).tiny ** 0.5)
+
+
+@register("init", "random", test_spec="nmf(rank=2, init=random)")
+class RandomInit(Init):
+    """Fresh U(0, 1) init on every call (acts as augmentation, Hamburger), per matrix.
+
+    Drawn with a counter-based hash on the input's device (:func:`hash_uniform`); the counter
+    is a buffer advanced by every call, so runs are reproducible from ``seed`` and the global
+    RNG is never touched. Compiles without graph breaks.
+
+    Args:
+        rank: the solver's rank (context).
+        seed: the seed.
+    """
+
+    def __init__(self, *, rank: int | float | None = None, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+        self.register_buffer("counter", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: Tensor, rank: int) -> Tensor:
+        """``U0: (*batch, M, rank)``, a new draw per call and per matrix."""
+        shape = (*x.shape[:-2], x.shape[-2], rank)
+        u0 = hash_uniform(
+            shape, seed=self.seed, counter=self.counter.to(x.device), device=x.device, dtype=x.dtype
+        )
+        self.counter.add_(1)
+        return u0
+
+
+def _svd(x: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Leading ``rank`` singular triplets of ``x: (*batch, M, N)`` (no gradient), padded if needed."""
+    with torch.no_grad():
+        u, s, vh = torch.linalg.svd(x, full_matrices=False)
+        k = min(rank, s.shape[-1])
+        return u[..., :k], s[..., :k], vh[..., :k, :].mT
+
+
+def _pad(u0: Tensor, x: Tensor, rank: int, seed: int) -> Tensor:
+    """Fill columns beyond ``min(M, N)`` with small uniform values (rank > min(M, N))."""
+    missing = rank - u0.shape[-1]
+    if missing <= 0:
+        return u0
+    shape = (*x.shape[:-2], x.shape[-2], missing)
+    scale = u0.abs().mean((-2, -1), keepdim=True) if u0.shape[-1] else torch.ones_like(x[..., :1, :1])
+    extra = hash_uniform(shape, seed=seed, device=x.device, dtype=x.dtype) * scale
+    return torch.cat([u0, extra], dim=-1)
+
+
+@register("init", "svd", test_spec="semi_nmf(rank=2, init=svd)")
+class SVDInit(Init):
+    """SVD init: ``U0 = U_R sqrt(S_R)`` of the (masked, scaled) input, batched.
+
+    Each column's sign is chosen so that its sum is >= 0; non-negative solvers then use
+    ``|U0|``. No gradient flows through the SVD (its gradient is unstable at repeated singular
+    values); the iterations carry it. Ranks beyond ``min(M, N)`` are padded with small
+    positive values.
+
+    Args:
+        rank: the solver's rank (context).
+        seed: the seed of the padding columns.
+    """
+
+    def __init__(self, *, rank: int | float | None = None, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+
+    def forward(self, x: Tensor, rank: int) -> Tensor:
+        """``U0: (*batch, M, rank)``."""
+        u, s, _ = _svd(x, rank)
+        u0 = u * s.sqrt().unsqueeze(-2)
+        sign = torch.where(u0.sum(-2, keepdim=True) < 0, -1.0, 1.0).to(u0.dtype)
+        return _pad(u0 * sign, x, rank, self.seed)
+
+
+@register("init", "nndsvd", test_spec="nmf(rank=2, init=nndsvd)")
+class NNDSVDInit(Init):
+    """NNDSVD init (Boutsidis & Gallopoulos 2008) of the left factor, batched.
+
+    Column 0 is ``sqrt(s_0)|u_0|``; column r keeps the positive or the negative parts of
+    ``(u_r, v_r)``, whichever pair has the larger product of norms, scaled by
+    ``sqrt(s_r · that product)``. With ``fill`` (NNDSVDa), zeros are replaced by the mean of U0
+    so that multiplicative updates can move them. No gradient flows through the SVD.
+
+    Args:
+        rank: the solver's rank (context).
+        fill: replace exact zeros by the mean (NNDSVDa).
+        seed: the seed of the padding columns (rank > min(M, N)).
+    """
+
+    def __init__(self, *, rank: int | float | None = None, fill: bool = True, seed: int = 0):
+        super().__init__()
+        self.fill = fill
+        self.seed = seed
+
+    def forward(self, x: Tensor, rank: int) -> Tensor:
+        """``U0: (*batch, M, rank)``, non-negative."""
+        u, s, v = _svd(x, rank)
+        up, un, vp, vn = u.clamp_min(0), (-u).clamp_min(0), v.clamp_min(0), (-v).clamp_min(0)
+        nup, nun = up.norm(dim=-2, keepdim=True), un.norm(dim=-2, keepdim=True)
+        nvp, nvn = vp.norm(dim=-2, keepdim=True), vn.norm(dim=-2, keepdim=True)
+        mp, mn = nup * nvp, nun * nvn
+        tiny = torch.finfo(x.dtype).tiny
+        pos = up / nup.clamp_min(tiny) * (s.unsqueeze(-2) * mp).sqrt()
+        neg = un / nun.clamp_min(tiny) * (s.unsqueeze(-2) * mn).sqrt()
+        u0 = torch.where(mp >= mn, pos, neg)
+        if self.fill:
+            mean = u0.mean((-2, -1), keepdim=True)
+            u0 = torch.where(u0 > 0, u0, mean)
+        return _pad(u0, x, rank, self.seed)

@@ -1,0 +1,97 @@
+"""Update rules of the non-negative factorizations (kind ``update``): ``mu`` and ``hals``.
+
+Each rule updates the left factor W of ``X ≈ W Hᵀ`` (``X: (*batch, P, Q)``, ``W: (*batch, P, R)``,
+``H: (*batch, Q, R)``); the solver applies it to ``(X, U, V)`` and to ``(Xᵀ, V, U)``. Both use
+the statistics ``A = X H`` (P×R) and ``B = HᵀH`` (R×R) only, so one update costs O(PQR + PR²).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..registry import register
+from .base import Update
+
+__all__ = ["HALSUpdate", "MUUpdate", "hals_columns"]
+
+
+@register("update", "mu", aliases=("multiplicative",), test_spec="nmf(rank=2, update=mu)")
+class MUUpdate(Update):
+    """Multiplicative update (Lee & Seung): ``W ← W ⊙ (X H) ⊘ (W HᵀH + eps)``.
+
+    Non-increasing objective for ``X, W, H >= 0``. Entries that reach 0 stay 0; ``eps``
+    (relative to the scaled data) keeps all-zero rows at 0 with finite gradients. V starts from
+    ones, so its first update is ``(XᵀU) ⊘ (1ᵀ UᵀU)`` (the rank-1 power step).
+    """
+
+    start = 1.0
+
+    def forward(self, x: Tensor, w: Tensor, h: Tensor, eps: float) -> Tensor:
+        """Return the updated W ``(*batch, P, R)``."""
+        a = x @ h
+        b = h.mT @ h
+        return w * a / (w @ b + eps)
+
+
+def _relu_(t: Tensor) -> Tensor:
+    return torch.relu_(t)
+
+
+def hals_columns(x: Tensor, w: Tensor, h: Tensor, eps: float, project=None, ridge: float = 0.0) -> Tensor:
+    """One Gauss–Seidel sweep of HALS over the columns of W in ``X ≈ W Hᵀ`` (batched).
+
+    Column r becomes ``project((A_r − Σ_{l<r} B_lr W'_l − Σ_{l>r} B_lr W_l) / (B_rr + ridge))``
+    with ``A = X H``, ``B = HᵀH`` and ``W'`` the already updated columns. The work runs in a
+    ``(*batch, R, P)`` layout so that each column is contiguous: ``Aᵀ`` comes from one matmul,
+    the old-column part is one matmul with the strict upper triangle of B, and the new-column
+    part is ``r`` fused multiply-adds, so no full tensor is cloned and autograd keeps only the
+    new columns. A column whose ``B_rr`` is below ``eps · max_l B_ll`` (a collapsed component) is
+    set to 0 by a zero reciprocal (a ``where`` on a safe denominator), so its gradient is 0,
+    not NaN. The result is a ``(*batch, P, R)`` view of a ``(*batch, R, P)`` tensor.
+
+    Args:
+        x: ``(*batch, P, Q)``.
+        w: the current W, ``(*batch, P, R)``.
+        h: ``(*batch, Q, R)``.
+        eps: the relative collapse threshold.
+        project: a positively homogeneous projection (default: in-place ReLU, NMF); a leaky ReLU
+            for weak NMF, the identity for unconstrained columns.
+        ridge: added to the denominators (an L2 penalty on W).
+
+    Returns:
+        The updated W, ``(*batch, P, R)``.
+    """
+    project = _relu_ if project is None else project
+    rank = w.shape[-1]
+    b = h.mT @ h
+    a_t = h.mT @ x.mT  # (*batch, R, P), contiguous
+    c_t = a_t - torch.triu(b, 1) @ w.mT if rank > 1 else a_t
+    d = torch.diagonal(b, dim1=-2, dim2=-1) + ridge
+    thr = eps * d.amax(-1, keepdim=True) + torch.finfo(d.dtype).tiny
+    ok = d > thr
+    inv = torch.where(ok, 1.0 / torch.where(ok, d, torch.ones_like(d)), torch.zeros_like(d)).unsqueeze(-1)
+    cols: list[Tensor] = []
+    rows = c_t.unbind(-2)  # unbind, not indexing: its backward is one stack, not R zero-filled copies
+    for r in range(rank):
+        num = rows[r]
+        for l in range(r):  # noqa: E741
+            num = torch.addcmul(num, cols[l], b[..., l, r].unsqueeze(-1), value=-1.0)
+        cols.append(project(num * inv[..., r, :]))
+    return torch.stack(cols, dim=-2).mT
+
+
+@register("update", "hals", test_spec="nmf(rank=2, update=hals)")
+class HALSUpdate(Update):
+    """Hierarchical alternating least squares (Cichocki & Phan): exact column-wise NNLS steps.
+
+    ``W_r ← max(0, (A_r − Σ_{l≠r} B_lr W_l) / B_rr)`` for r = 1..R in turn (Gauss–Seidel), with
+    ``A = X H`` and ``B = HᵀH``; see :func:`hals_columns`. Non-increasing objective. V starts
+    from zeros, so its first sweep is a greedy column-by-column fit.
+    """
+
+    start = 0.0
+
+    def forward(self, x: Tensor, w: Tensor, h: Tensor, eps: float) -> Tensor:
+        """Return the updated W ``(*batch, P, R)``."""
+        return hals_columns(x, w, h, eps)

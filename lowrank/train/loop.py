@@ -1,0 +1,327 @@
+"""The training loop: AdamW + warm-up/cosine, DiceCE (+ deep supervision), validation, resume.
+
+Every step is a pure function of the state before it and ``(seed, step, rank)``: the patches
+come from :class:`lowrank.data.PatchSampler`, and the net's own randomness (dropout, random
+factor inits) runs under ``torch.random.fork_rng`` seeded by ``(seed, step, rank)``. So
+``--resume`` after a crash (even ``kill -9``) reproduces the uninterrupted run exactly on a CPU,
+and the checkpoint's RNG states are restored as well.
+
+Example:
+    >>> from lowrank.train import TrainConfig, train
+    >>> metrics = train(TrainConfig(spec="unet", steps=2, out="/tmp/run"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import build_net
+from ..spec import SpecError
+from . import distributed as D
+from .checkpoint import FORMAT, CheckpointError, load_checkpoint, net_info, save_checkpoint
+from .config import TrainConfig, load_split
+from .infer import autocast_context, mean_metric, segmentation_metrics, sliding_window_predict
+
+__all__ = ["train", "make_loss", "make_scheduler", "forward_backward", "validate", "step_seed", "spec_text"]
+
+CHECKPOINT = "checkpoint.pt"
+#: test hook: sleep (until killed) after this step, e.g. to ``kill -9`` a run at a known point
+_PAUSE_ENV = "LOWRANK_TRAIN_PAUSE_AFTER_STEP"
+
+
+def spec_text(spec: Any) -> str:
+    """The canonical text of a spec (``str`` of the parsed spec; callables by qualified name)."""
+    from ..build import as_spec
+
+    parsed = as_spec(spec)
+    if callable(parsed) and not hasattr(parsed, "kwargs"):
+        return f"<{getattr(parsed, '__module__', '')}.{getattr(parsed, '__qualname__', parsed)}>"
+    return str(parsed)
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of the net's randomness at ``step`` on ``rank`` (a 63-bit integer)."""
+    return int(
+        np.random.SeedSequence([int(seed), int(step), int(rank), 7]).generate_state(2, np.uint64)[0] >> 1
+    )
+
+
+def make_loss() -> nn.Module:
+    """DiceCE (softmax, one-hot target) wrapped in MONAI ``DeepSupervisionLoss`` (weights 1, ½, ¼, …).
+
+    Takes ``(logits (B, K, *S) or a list of them, highest resolution first; labels (B, 1, *S))``.
+    """
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    return DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, steps: int, warmup: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup·steps`` steps, then cosine decay to 0 at ``steps``."""
+    warm = max(1, round(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def forward_backward(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    amp: str | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> float:
+    """One forward and backward pass (the loss in fp32 outside autocast); returns the loss."""
+    with autocast_context(amp, images.device):
+        out = model(images)
+    out = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+    loss = loss_fn(out, labels.float())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss is {loss.item()}: lower --lr or try without --amp")
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    return float(loss.detach())
+
+
+def validate(model: nn.Module, volumes, cfg: TrainConfig, classes, device) -> dict[str, dict[str, float]]:
+    """Per-class Dice/HD95 averaged over the validation volumes (sliding-window inference)."""
+    results = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        for vol in volumes:
+            image = torch.from_numpy(np.ascontiguousarray(vol.image)).to(device)
+            probs = sliding_window_predict(
+                model, image, cfg.patch, overlap=cfg.overlap, sw_batch_size=cfg.sw_batch, amp=cfg.amp
+            )
+            pred = probs.argmax(0).cpu().numpy()
+            results.append(segmentation_metrics(pred, vol.label[0], classes, vol.spacing))
+    return {c: {k: float(np.mean([r[c][k] for r in results])) for k in ("dice", "hd95")} for c in results[0]}
+
+
+def _build(cfg: TrainConfig, in_channels: int, out_channels: int) -> nn.Module:
+    try:
+        return build_net(cfg.spec, in_channels, out_channels, spatial_dims=cfg.dims)
+    except (SpecError, TypeError, ValueError) as err:
+        raise type(err)(f"cannot build --spec {cfg.spec!r} for --dims {cfg.dims}: {err}") from None
+
+
+def _resume_state(cfg: TrainConfig, path: Path, net: dict) -> dict | None:
+    if not cfg.resume:
+        return None
+    if not path.exists():
+        raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
+    state = load_checkpoint(path)
+    if state["spec"] != spec_text(cfg.spec):
+        raise CheckpointError(
+            f"--resume: {path} was trained with spec {state['spec']!r}, not {spec_text(cfg.spec)!r}; "
+            "give the same --spec (or none), or another --out"
+        )
+    old = net_info(state)
+    for key in ("in_channels", "out_channels", "spatial_dims", "patch"):
+        if old.get(key) != net.get(key):
+            raise CheckpointError(f"--resume: {path} has {key}={old.get(key)}, this run has {net.get(key)}")
+    return state
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a net on the embedded template (or ``cfg.data``) and write ``cfg.out``.
+
+    Returns:
+        The final metrics (also written to ``out/metrics.json``).
+
+    Raises:
+        SpecError, TypeError, ValueError: a bad spec or option (before any file is written).
+        CheckpointError: ``--resume`` with a missing, corrupt or mismatching checkpoint.
+    """
+    from tqdm.auto import tqdm
+
+    info, device = D.setup(cfg.device)
+    if device.type == "cpu" and info.enabled and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+    split = load_split(cfg.data, cfg.holdout)
+    k = len(split.classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = _build(cfg, split.in_channels, k).to(device)
+    from ..data import PatchSampler
+
+    sampler = PatchSampler(split.train, cfg.patch, seed=cfg.seed)
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    spacing = list(split.full.spacing)
+    net = {
+        "in_channels": split.in_channels,
+        "out_channels": k,
+        "spatial_dims": cfg.dims,
+        "patch": list(cfg.patch),
+        "classes": list(split.classes),
+        "spacing": spacing,
+    }
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup)
+    scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
+    autocast_context(cfg.amp, device)  # validates --amp against the device before training
+    history: dict[str, list] = {"step": [], "loss": [], "lr": [], "val": []}
+    start, elapsed_before, cpu_before = 0, 0.0, 0.0
+    state = _resume_state(cfg, ckpt_path, net)
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"--resume: {ckpt_path} does not fit the net: {str(err)[:300]}") from None
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        start, history = int(state["step"]), json.loads(state["history"])
+        elapsed_before = float(history.get("elapsed", 0.0))
+        cpu_before = float(history.get("cpu", 0.0))
+    ddp = model
+    if info.enabled:
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loss_fn = make_loss()
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json() + "\n")
+    pause = int(os.environ.get(_PAUSE_ENV, "-1"))
+    n_params = sum(p.numel() for p in model.parameters())
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        unit="step",
+        desc="train",
+        disable=cfg.quiet or not info.is_main,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+    t0, c0, ema = time.perf_counter(), time.process_time(), None
+    cuda = [device] if device.type == "cuda" else []
+    for step in range(start, cfg.steps):
+        images, labels = sampler.batch(step, cfg.batch, rank=info.rank, world_size=info.world_size)
+        images, labels = images.to(device), labels.to(device)
+        ddp.train()
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(step_seed(cfg.seed, step, info.rank))
+            optimizer.zero_grad(set_to_none=True)
+            loss = forward_backward(ddp, loss_fn, images, labels, cfg.amp, scaler)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+        loss = D.all_reduce_mean(loss, device)
+        ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+        history["step"].append(step + 1)
+        history["loss"].append(loss)
+        history["lr"].append(optimizer.param_groups[0]["lr"])
+        done = step + 1
+        postfix = f"loss {ema:.3f}"
+        if done % cfg.val_interval == 0 or done == cfg.steps:
+            if info.is_main:
+                metrics = validate(model, split.val, cfg, split.classes, device)
+                history["val"].append({"step": done, "metrics": metrics})
+            D.barrier()
+        if history["val"]:
+            last = history["val"][-1]["metrics"]
+            postfix += " dice " + "/".join(f"{m['dice']:.2f}" for m in last.values())
+        bar.set_postfix_str(postfix, refresh=False)
+        bar.update(1)
+        history["elapsed"] = elapsed_before + time.perf_counter() - t0
+        history["cpu"] = cpu_before + time.process_time() - c0
+        if (done % cfg.ckpt_interval == 0 or done == cfg.steps) and info.is_main:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "format": FORMAT,
+                    "spec": spec_text(cfg.spec),
+                    "net": json.dumps(net),
+                    "config": cfg.to_json(),
+                    "history": json.dumps(history),
+                    "step": done,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "rng": {
+                        "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+                    },
+                },
+            )
+        if done == pause:
+            print(f"[lowrank] pausing after step {done} ({_PAUSE_ENV})", flush=True)
+            time.sleep(3600)
+    bar.close()
+    result = _finish(cfg, model, split, history, n_params, device, info, out)
+    D.barrier()
+    return result
+
+
+def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> dict[str, Any]:
+    """metrics.json, figures and the summary (rank 0)."""
+    if not info.is_main:
+        return {}
+    if not history["val"]:  # a resumed run that had already finished
+        history["val"].append(
+            {"step": cfg.steps, "metrics": validate(model, split.val, cfg, split.classes, device)}
+        )
+    final = history["val"][-1]["metrics"]
+    elapsed = float(history.get("elapsed", 0.0))
+    metrics = {
+        "spec": spec_text(cfg.spec),
+        "parameters": n_params,
+        "steps": cfg.steps,
+        "batch": cfg.batch * info.world_size,
+        "patch": list(cfg.patch),
+        "dims": cfg.dims,
+        "wall_time_s": round(elapsed, 2),
+        "steps_per_s": round(cfg.steps / elapsed, 3) if elapsed > 0 else None,
+        "cpu_time_s": round(float(history.get("cpu", 0.0)), 1),
+        "device": str(device),
+        "world_size": info.world_size,
+        "amp": cfg.amp,
+        "threads": torch.get_num_threads(),
+        "classes": list(split.classes[1:]),
+        "dice": {c: round(m["dice"], 4) for c, m in final.items()},
+        "hd95_mm": {c: (round(m["hd95"], 3) if math.isfinite(m["hd95"]) else None) for c, m in final.items()},
+        "mean_dice": round(mean_metric(final, "dice"), 4),
+        "validation": "held-out z-slab" if split.slab else f"{len(split.val)} held-out case(s)",
+        "slab": list(split.slab) if split.slab else None,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    figures: list[str] = []
+    if cfg.report:
+        from .report import write_figures
+
+        figures = write_figures(out, model, split, history, cfg, device)
+    if not cfg.quiet:
+        from .report import summary
+
+        print(summary(metrics, out, figures))
+    return metrics
