@@ -16,7 +16,9 @@ from .build import (
     build_net,
     build_solver,
 )
+from .controls import component_maps, iters_override, set_iters, skip_mixers, stage_names
 from .registry import KINDS, get_part, list_parts, register
+from .solvers.rank_selection import select_rank
 from .spec import Spec, SpecError, SpecKeywordError, parse_spec
 
 __version__ = "0.1.0"
@@ -33,8 +35,14 @@ __all__ = [
     "build_matricize",
     "build_net",
     "build_solver",
+    "component_maps",
     "get_part",
+    "iters_override",
     "list_parts",
     "parse_spec",
     "register",
+    "select_rank",
+    "set_iters",
+    "skip_mixers",
+    "stage_names",
 ]

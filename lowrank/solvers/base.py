@@ -69,6 +69,7 @@ subclass :class:`Update`; inits (kind ``init``) subclass :class:`Init`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -408,7 +409,13 @@ class Factorization(nn.Module):
         dtype = compute_dtype(x.dtype, self.fp32)
         eps = self.eps if self.eps is not None else default_eps(dtype)
         rank = self.resolve_rank(x.shape[-2], x.shape[-1])
-        with torch.autocast(x.device.type, enabled=False):
+        # autocast off (the factorization runs in `dtype`); the meta device has no autocast
+        off = (
+            contextlib.nullcontext()
+            if x.device.type == "meta"
+            else torch.autocast(x.device.type, enabled=False)
+        )
+        with off:
             xc = x.to(dtype)
             mf = None
             if mask is not None:
