@@ -8,6 +8,7 @@ registered part and alias is on its kind's page; the ``slow`` test is the full b
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
@@ -333,7 +334,8 @@ def test_exec_blocks_fail_the_build_when_they_should(tmp_path):
     assert "good.rst" not in result.stderr, result.stderr
     good = (tmp_path / "out" / "good.html").read_text(encoding="utf-8")
     assert "42" in good
-    assert "lowrank.spec.SpecError: expected &#39;,&#39; or &#39;)&#39;" in good
+    text = html.unescape(re.sub(r"<[^>]+>", "", good))  # Pygments versions escape quotes differently
+    assert "lowrank.spec.SpecError: expected ',' or ')'" in text
     assert "not run when these docs were built" in good and "no_such_solver" in good
 
 
