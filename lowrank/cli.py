@@ -139,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as err:
         print(f"lowrank {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lowrank list | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
