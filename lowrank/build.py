@@ -39,7 +39,7 @@ from .hints import (
     UpdateSpec,
     coerce,
 )
-from .registry import get_part_info
+from .registry import did_you_mean, get_part_info
 from .spec import NAME_RE, Spec, SpecError, SpecKeywordError, parse_spec
 
 __all__ = [
@@ -150,6 +150,12 @@ def _accepted(signature: inspect.Signature) -> tuple[list[str], bool]:
     return names, var_kw
 
 
+def _passable(obj: Callable, context: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller-context arguments that ``obj``'s constructor (or signature) accepts."""
+    accepted, var_kw = _accepted(_signature(obj)[0])
+    return {k: v for k, v in context.items() if var_kw or k in accepted}
+
+
 def validate(kind: str, spec: Spec) -> Spec:
     """Check a spec (recursively) against the registry and constructor signatures.
 
@@ -175,8 +181,6 @@ def validate(kind: str, spec: Spec) -> Spec:
     coerced: dict[str, Any] = {}
     for key, value in spec.kwargs.items():
         if key not in accepted and not var_kw:
-            from .registry import did_you_mean
-
             options = [a for a in accepted if a not in context]
             given_by_caller = [a for a in accepted if a in context]
             caller_note = f" (set by the caller: {', '.join(given_by_caller)})" if given_by_caller else ""
@@ -226,15 +230,10 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
             if overrides:
                 raise TypeError(f"cannot apply overrides {sorted(overrides)} to a built module")
             return normalized
-        signature, _ = _signature(normalized)
-        accepted, var_kw = _accepted(signature)
-        given = {k: v for k, v in context.items() if var_kw or k in accepted}
-        return normalized(**given, **overrides)
+        return normalized(**_passable(normalized, context), **overrides)
     merged = normalized.replace(**overrides)
     checked = validate(kind, Spec(merged.name, merged.kwargs, normalized.where))
     info = get_part_info(kind, checked.name)
-    signature, _ = _signature(info.obj)
-    accepted, var_kw = _accepted(signature)
     for key, value in context.items():
         if key in checked.kwargs and checked.kwargs[key] != value:
             raise checked.error(
@@ -243,8 +242,8 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
                 key,
                 "key",
             )
-    given = {k: v for k, v in context.items() if (var_kw or k in accepted) and k not in checked.kwargs}
-    part = info.obj(**given, **checked.kwargs)
+    unset = {k: v for k, v in context.items() if k not in checked.kwargs}
+    part = info.obj(**_passable(info.obj, unset), **checked.kwargs)
     if isinstance(part, nn.Module):  # the spec as written, with overrides, less the caller's context
         written = {k: _to_spec_value(v) for k, v in merged.kwargs.items() if k not in context}
         object.__setattr__(part, "spec", Spec(info.name, written))
