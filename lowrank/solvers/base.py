@@ -70,14 +70,15 @@ subclass :class:`Update`; inits (kind ``init``) subclass :class:`Init`.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..build import InitSpec, build
+from ._numerics import abs_max, compute_dtype, default_eps, hash_uniform, resolve_rank
 
 __all__ = [
     "Factorization",
@@ -92,85 +93,6 @@ __all__ = [
 ]
 
 State = tuple[Tensor, ...]
-_M32 = 0xFFFFFFFF
-
-
-def _mix32(h: Tensor) -> Tensor:
-    """A 32-bit integer hash (xorshift-multiply) on int64 tensors; no overflow (< 2**63)."""
-    h = h & _M32
-    h = h ^ (h >> 16)
-    h = (h * 0x7FEB352D) & _M32
-    h = h ^ (h >> 15)
-    h = (h * 0x68E31DA5) & _M32
-    return h ^ (h >> 16)
-
-
-def hash_uniform(
-    shape: tuple[int, ...] | torch.Size,
-    *,
-    seed: int,
-    counter: Tensor | int = 0,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Counter-based pseudo-random numbers in ``(0, 1]``, never touching the global RNG.
-
-    A hash of (element index, seed, counter) computed with integer tensor ops on ``device``: the
-    same arguments give the same numbers on every device, and it compiles without graph breaks
-    (unlike a ``torch.Generator`` argument).
-
-    Args:
-        shape: output shape.
-        seed: a Python int.
-        counter: an int or a 0-d int64 tensor (e.g. a buffer advanced once per call).
-        device: output device.
-        dtype: floating output dtype.
-
-    Returns:
-        A tensor of ``shape`` with values in ``(0, 1]`` (24 random bits each; never exactly 0,
-        so multiplicative updates cannot start from a dead entry).
-    """
-    n = math.prod(shape)
-    idx = torch.arange(n, device=device, dtype=torch.int64)
-    counter = torch.as_tensor(counter, device=device, dtype=torch.int64)
-    key = _mix32(counter * 0x2C1B3C6D + (seed * 0x297A2D39 + 0x5BD1E995))
-    h = _mix32(_mix32(idx ^ key) + key)
-    return (((h >> 8) + 1).to(dtype) * (1.0 / (1 << 24))).reshape(shape)
-
-
-def abs_max(x: Tensor) -> Tensor:
-    """``max |x|`` over the last two dims, ``(*batch, 1, 1)``, without a temporary of x's size."""
-    return torch.maximum(x.amax(dim=(-2, -1), keepdim=True), -x.amin(dim=(-2, -1), keepdim=True))
-
-
-def compute_dtype(dtype: torch.dtype, fp32: bool = True) -> torch.dtype:
-    """The dtype a factorization runs in: float64 stays, anything else becomes float32 if ``fp32``."""
-    if dtype == torch.float64 or not fp32:
-        return dtype
-    return torch.float32
-
-
-def default_eps(dtype: torch.dtype) -> float:
-    """``torch.finfo(dtype).eps``: the default eps of the factorizations (data scaled to max 1)."""
-    return float(torch.finfo(dtype).eps)
-
-
-def resolve_rank(rank: int | float, m: int, n: int) -> int:
-    """The integer rank for an ``(M, N)`` matrix.
-
-    Args:
-        rank: an int (returned as is) or a float compression ratio ``c > 0``.
-        m: rows M.
-        n: columns N.
-
-    Returns:
-        ``rank``, or ``max(1, floor(M N / (c (M + N))))`` for a float.
-    """
-    if isinstance(rank, bool):
-        raise TypeError("rank must be an int or a float compression ratio, not a bool")
-    if isinstance(rank, int):
-        return rank
-    return max(1, int(m * n / (rank * (m + n))))
 
 
 def run_iterations(
@@ -334,7 +256,15 @@ class Factorization(nn.Module):
         u0 = self.init(x, rank)
         return u0.abs() if self.nonnegative else u0
 
-    def factorize(self, x: Tensor, mask: Tensor | None, rank: int, iters: int, eps: float) -> State:
+    def factorize(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        rank: int,
+        iters: int,
+        eps: float,
+        start: State | None = None,
+    ) -> State:
         """Run the iterations on the scaled, masked ``x`` with the gradient mode.
 
         Args:
@@ -343,6 +273,9 @@ class Factorization(nn.Module):
             rank: the integer rank.
             iters: the number of iterations.
             eps: the denominator guard.
+            start: a (detached) state to continue from instead of the initial state; the
+                ``iters`` steps from it are all differentiated (the recomputed tail of a
+                ``grad_steps=k`` layer).
 
         Returns:
             The final state.
@@ -354,12 +287,14 @@ class Factorization(nn.Module):
             return (state[0], state[1] * mask, *state[2:])
 
         def initial() -> State:
+            if start is not None:
+                return start
             return masked(self.initial_state(x, self.initial_u(x, rank), mask, eps))
 
         def step(state: State) -> State:
             return masked(self.step(x, state, mask, eps))
 
-        return run_iterations(initial, step, iters, self.grad_steps)
+        return run_iterations(initial, step, iters, None if start is not None else self.grad_steps)
 
     def prescale(self, rank: int) -> bool:
         """Whether the base divides X by ``max |X|`` before :meth:`solve` (default ``True``).
@@ -369,15 +304,33 @@ class Factorization(nn.Module):
         """
         return True
 
+    def recompute(self, rank: int) -> bool:
+        """Whether ``grad_steps=k`` runs its k differentiated steps twice instead of saving them.
+
+        Default ``True``: the no-grad head runs first, then the last k steps and the
+        reconstruction run under :func:`torch.utils.checkpoint.checkpoint` from the raw input
+        and the detached head state, so autograd keeps neither their activations nor the
+        scaled copy of X; backward re-runs them. A path with its own memory-light backward
+        (NMF's rank 1) returns ``False``.
+        """
+        return True
+
     def solve(
-        self, x: Tensor, mask: Tensor | None, rank: int, iters: int, eps: float
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        rank: int,
+        iters: int,
+        eps: float,
+        start: State | None = None,
     ) -> tuple[Tensor, State]:
         """Factorize and reconstruct: ``(U Vᵀ, state)`` for the scaled, masked ``x``.
 
         The default runs :meth:`factorize` then :meth:`reconstruct`; override for a fast path
         (the state must still start with ``U``, and with ``(U, V)`` when factors are requested).
+        ``start`` is passed on to :meth:`factorize`.
         """
-        state = self.factorize(x, mask, rank, iters, eps)
+        state = self.factorize(x, mask, rank, iters, eps, start)
         return self.reconstruct(state), state
 
     def _check(self, x: Tensor, mask: Tensor | None) -> None:
@@ -416,27 +369,60 @@ class Factorization(nn.Module):
             else torch.autocast(x.device.type, enabled=False)
         )
         with off:
-            xc = x.to(dtype)
-            mf = None
-            if mask is not None:
-                mf = mask.to(dtype).unsqueeze(-1)
-                xc = xc * mf.mT
-            scale = None
-            if self.prescale(rank):
-                scale = abs_max(xc.detach() if self.homogeneous else xc)
-                scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-                xc = xc / scale
-            out, state = self.solve(xc, mf, rank, iters, eps)
-            if scale is not None:
-                out = out * scale
+            mf = None if mask is None else mask.to(dtype).unsqueeze(-1)
+            k = self.grad_steps
+            if torch.is_grad_enabled() and k is not None and k < iters and self.recompute(rank):
+                with torch.no_grad():  # the head: initial state and the first T - k steps
+                    start = self.factorize(self._prepare(x, mf, dtype, rank)[0], mf, rank, iters - k, eps)
+
+                def tail(x: Tensor, *start: Tensor) -> tuple[Tensor, ...]:
+                    return self._finish(x, mf, dtype, rank, k, eps, start)
+
+                out, u0, u, v = checkpoint(tail, x, *start, use_reentrant=False, preserve_rng_state=False)
+            else:
+                out, u0, u, v = self._finish(x, mf, dtype, rank, iters, eps, None)
             if self.training:
-                self.init.observe(state[0].detach())
-            if self.store_factors or self.return_factors:
-                u, v = self.factors_of(state)
-                v = v if scale is None else v * scale
-                if self.store_factors:
-                    self.factors = (u.detach(), v.detach())
+                self.init.observe(u0.detach())
+            if self.store_factors:
+                self.factors = (u.detach(), v.detach())
         out = out.to(x.dtype)
         if self.return_factors:
             return out, (u, v)
         return out
+
+    def _prepare(
+        self, x: Tensor, mf: Tensor | None, dtype: torch.dtype, rank: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """X in the compute dtype, masked and divided by its scale; and the scale (or ``None``)."""
+        xc = x.to(dtype)
+        if mf is not None:
+            xc = xc * mf.mT
+        if not self.prescale(rank):
+            return xc, None
+        scale = abs_max(xc.detach() if self.homogeneous else xc)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return xc / scale, scale
+
+    def _finish(
+        self,
+        x: Tensor,
+        mf: Tensor | None,
+        dtype: torch.dtype,
+        rank: int,
+        iters: int,
+        eps: float,
+        start: State | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Prepare, solve (from ``start`` if given) and scale back: ``(out, U, U, V)``.
+
+        U and V are the factors in the input's scale (V is the first state entry's partner;
+        the second entry is the state's first entry, which the init observes).
+        """
+        xc, scale = self._prepare(x, mf, dtype, rank)
+        out, state = self.solve(xc, mf, rank, iters, eps, start)
+        want = self.store_factors or self.return_factors
+        u, v = self.factors_of(state) if want else (state[0], state[0])
+        if scale is not None:
+            out = out * scale
+            v = v * scale if want else v
+        return out, state[0], u, v

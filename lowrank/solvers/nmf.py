@@ -99,12 +99,22 @@ class NMF(Factorization):
         """The rank-1 path scales X itself (no copy of X's size); the general loop is prescaled."""
         return not self._fast(rank)
 
+    def recompute(self, rank: int) -> bool:
+        """The rank-1 path has its own backward (it saves no activations): no recomputation."""
+        return not self._fast(rank)
+
     def solve(
-        self, x: Tensor, mask: Tensor | None, rank: int, iters: int, eps: float
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        rank: int,
+        iters: int,
+        eps: float,
+        start: State | None = None,
     ) -> tuple[Tensor, State]:
         """The general loop, or for rank 1 the Gram fast path (state ``(u (*batch, M, 1),)``)."""
         if not self._fast(rank):
-            return super().solve(x, mask, rank, iters, eps)
+            return super().solve(x, mask, rank, iters, eps, start)
         u0 = self.initial_u(x, rank)[..., 0]
         out, u = rank1_projector_nmf(x, u0, iters, self.grad_steps, eps)
         return out, (u.unsqueeze(-1),)

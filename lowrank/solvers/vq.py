@@ -114,10 +114,16 @@ class SoftClustering(Factorization):
         return self.centroids(x, v, eps), v
 
     def solve(
-        self, x: Tensor, mask: Tensor | None, rank: int, iters: int, eps: float
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        rank: int,
+        iters: int,
+        eps: float,
+        start: State | None = None,
     ) -> tuple[Tensor, State]:
         """Iterate, then compute the output coefficients from the final centroids (differentiated)."""
-        d = self.factorize(x, mask, rank, iters, eps)[0]
+        d = self.factorize(x, mask, rank, iters, eps, start)[0]
         v = self.coefficients(x, d, mask, eps)
         return d @ v.mT, (d, v)
 
