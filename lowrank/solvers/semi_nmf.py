@@ -15,10 +15,6 @@ from .updates import hals_columns
 __all__ = ["SemiNMF", "ridge_solve"]
 
 
-def _identity(t: Tensor) -> Tensor:
-    return t
-
-
 def ridge_solve(a: Tensor, b: Tensor, eps: float) -> Tensor:
     """``A (B + δI)⁻¹`` for ``A: (*batch, P, R)``, symmetric ``B: (*batch, R, R)``.
 
@@ -108,5 +104,5 @@ class SemiNMF(Factorization):
         if self.u_update == "ls":
             u = ridge_solve(x @ v, v.mT @ v, eps)
         else:
-            u = hals_columns(x, u, v, eps, project=_identity)
+            u = hals_columns(x, u, v, eps, slope=1.0)
         return u, self._update_v(x, u, v, eps)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..registry import register
+from ._sweep import gauss_seidel_sweep
 from .base import Update
 
 __all__ = ["HALSUpdate", "MUUpdate", "hals_columns"]
@@ -34,35 +35,34 @@ class MUUpdate(Update):
         return w * a / (w @ b + eps)
 
 
-def _relu_(t: Tensor) -> Tensor:
-    return torch.relu_(t)
-
-
-def hals_columns(x: Tensor, w: Tensor, h: Tensor, eps: float, project=None, ridge: float = 0.0) -> Tensor:
+def hals_columns(
+    x: Tensor, w: Tensor, h: Tensor, eps: float, slope: float = 0.0, ridge: float = 0.0
+) -> Tensor:
     """One Gauss–Seidel sweep of HALS over the columns of W in ``X ≈ W Hᵀ`` (batched).
 
-    Column r becomes ``project((A_r − Σ_{l<r} B_lr W'_l − Σ_{l>r} B_lr W_l) / (B_rr + ridge))``
-    with ``A = X H``, ``B = HᵀH`` and ``W'`` the already updated columns. The work runs in a
-    ``(*batch, R, P)`` layout so that each column is contiguous: ``Aᵀ`` comes from one matmul,
-    the old-column part is one matmul with the strict upper triangle of B, and the new-column
-    part is ``r`` fused multiply-adds, so no full tensor is cloned and autograd keeps only the
-    new columns. A column whose ``B_rr`` is below ``eps · max_l B_ll`` (a collapsed component) is
-    set to 0 by a zero reciprocal (a ``where`` on a safe denominator), so its gradient is 0,
-    not NaN. The result is a ``(*batch, P, R)`` view of a ``(*batch, R, P)`` tensor.
+    Column r becomes ``φ((A_r − Σ_{l<r} B_lr W'_l − Σ_{l>r} B_lr W_l) / (B_rr + ridge))``
+    with ``A = X H``, ``B = HᵀH``, ``W'`` the already updated columns and ``φ`` the leaky ReLU
+    of slope ``slope``. The work runs in a ``(*batch, R, P)`` layout so that each column is
+    contiguous: ``Aᵀ`` comes from one matmul, the old-column part is one matmul with the strict
+    upper triangle of B, and the sequential new-column part is one autograd node
+    (:func:`~lowrank.solvers._sweep.gauss_seidel_sweep`, hand-written backward), so no full
+    tensor is cloned and autograd keeps one tensor of W's size per sweep. A column whose
+    ``B_rr`` is below ``eps · max_l B_ll`` (a collapsed component) is set to 0 by a zero
+    reciprocal (a ``where`` on a safe denominator), so its gradient is 0, not NaN. The result
+    is a ``(*batch, P, R)`` view of a ``(*batch, R, P)`` tensor.
 
     Args:
         x: ``(*batch, P, Q)``.
         w: the current W, ``(*batch, P, R)``.
         h: ``(*batch, Q, R)``.
         eps: the relative collapse threshold.
-        project: a positively homogeneous projection (default: in-place ReLU, NMF); a leaky ReLU
-            for weak NMF, the identity for unconstrained columns.
+        slope: the negative slope η of the projection: 0 (ReLU, NMF; default), η in (0, 1)
+            (weak NMF's leaky ReLU) or 1 (identity, unconstrained columns).
         ridge: added to the denominators (an L2 penalty on W).
 
     Returns:
         The updated W, ``(*batch, P, R)``.
     """
-    project = _relu_ if project is None else project
     rank = w.shape[-1]
     b = h.mT @ h
     a_t = h.mT @ x.mT  # (*batch, R, P), contiguous
@@ -71,14 +71,7 @@ def hals_columns(x: Tensor, w: Tensor, h: Tensor, eps: float, project=None, ridg
     thr = eps * d.amax(-1, keepdim=True) + torch.finfo(d.dtype).tiny
     ok = d > thr
     inv = torch.where(ok, 1.0 / torch.where(ok, d, torch.ones_like(d)), torch.zeros_like(d)).unsqueeze(-1)
-    cols: list[Tensor] = []
-    rows = c_t.unbind(-2)  # unbind, not indexing: its backward is one stack, not R zero-filled copies
-    for r in range(rank):
-        num = rows[r]
-        for l in range(r):  # noqa: E741
-            num = torch.addcmul(num, cols[l], b[..., l, r].unsqueeze(-1), value=-1.0)
-        cols.append(project(num * inv[..., r, :]))
-    return torch.stack(cols, dim=-2).mT
+    return gauss_seidel_sweep(c_t, b, inv, slope).mT
 
 
 @register("update", "hals", test_spec="nmf(rank=2, update=hals)")

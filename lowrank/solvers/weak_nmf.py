@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -81,8 +79,7 @@ class WeakNMF(Factorization):
         self.lam = lam
 
     def _sweep(self, x: Tensor, w: Tensor, h: Tensor, eps: float) -> Tensor:
-        project = functools.partial(torch.nn.functional.leaky_relu, negative_slope=self.eta)
-        return hals_columns(x, w, h, eps, project=project, ridge=self.lam)
+        return hals_columns(x, w, h, eps, slope=self.eta, ridge=self.lam)
 
     def initial_state(self, x: Tensor, u0: Tensor, mask: Tensor | None, eps: float) -> State:
         """``(U0, V1)``, V1 one sweep from zeros."""
