@@ -66,7 +66,15 @@ def hals_columns(
     rank = w.shape[-1]
     b = h.mT @ h
     a_t = h.mT @ x.mT  # (*batch, R, P), contiguous
-    c_t = a_t - torch.triu(b, 1) @ w.mT if rank > 1 else a_t
+    if rank > 1:  # Aᵀ − triu(B, 1) Wᵀ in one product (baddbmm is 3-D only)
+        c_t = torch.baddbmm(
+            a_t.reshape(-1, *a_t.shape[-2:]),
+            torch.triu(b, 1).reshape(-1, rank, rank),
+            w.mT.reshape(-1, *a_t.shape[-2:]),
+            alpha=-1.0,
+        ).view(a_t.shape)
+    else:
+        c_t = a_t
     d = torch.diagonal(b, dim1=-2, dim2=-1) + ridge
     thr = eps * d.amax(-1, keepdim=True) + torch.finfo(d.dtype).tiny
     ok = d > thr
