@@ -49,7 +49,7 @@ class _Sweep(torch.autograd.Function):
             n_r = num[..., r, :]
             for l in range(r):  # noqa: E741 - fused multiply-adds: faster than a gemv per batch
                 n_r.addcmul_(w[..., l, :], b[..., l, r, None], value=-1.0)
-            _project(torch.mul(n_r, inv[..., r, :], out=w[..., r, :]), slope)
+            _project(w[..., r, :].copy_(n_r).mul_(inv[..., r, :]), slope)
         ctx.save_for_backward(num, b, inv)
         ctx.slope = slope
         return w

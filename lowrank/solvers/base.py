@@ -79,6 +79,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..build import InitSpec, build
 from ._numerics import abs_max, compute_dtype, default_eps, hash_uniform, resolve_rank
+from ._parts import Init, Update
 
 __all__ = [
     "Factorization",
@@ -125,40 +126,6 @@ def run_iterations(
     for _ in range(iters - free):
         state = step(state)
     return state
-
-
-class Init(nn.Module):
-    """Base of the ``init`` parts: ``forward(x: (*batch, M, N), rank: int) -> U0 (*batch, M, rank)``.
-
-    ``x`` is the scaled (max |x| = 1), masked matrix in the compute dtype; the result must be in
-    ``x``'s dtype and device. Set ``receives_gradient = True`` if U0 carries parameters.
-    """
-
-    receives_gradient: bool = False
-
-    def forward(self, x: Tensor, rank: int) -> Tensor:  # pragma: no cover - abstract
-        """Return the initial left factor ``U0: (*batch, M, rank)``."""
-        raise NotImplementedError
-
-    def observe(self, u: Tensor) -> None:
-        """Called in training with the final left factor ``U: (*batch, M, R)`` (detached)."""
-
-
-class Update(nn.Module):
-    """Base of the ``update`` parts: one update of the left factor W of ``X ≈ W Hᵀ``.
-
-    ``forward(x: (*batch, P, Q), w: (*batch, P, R), h: (*batch, Q, R), eps: float) -> w_new``.
-    The right factor is updated by the same rule on the transpose: ``update(x.mT, h, w)``.
-
-    Attributes:
-        start: the value V is filled with before its first update (from U0).
-    """
-
-    start: float = 1.0
-
-    def forward(self, x: Tensor, w: Tensor, h: Tensor, eps: float) -> Tensor:  # pragma: no cover
-        """Return the updated left factor ``(*batch, P, R)``."""
-        raise NotImplementedError
 
 
 class Factorization(nn.Module):
