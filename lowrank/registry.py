@@ -126,8 +126,8 @@ def _record_spec(cls: type) -> None:
         object.__setattr__(self, "spec", spec_from_call(info.name, arguments, info.kind))
 
     cls.__init__ = __init__
-    if issubclass(cls, torch.nn.Module):
-        original_extra_repr = cls.extra_repr
+    if issubclass(cls, torch.nn.Module) and not getattr(cls.extra_repr, "_lowrank_spec_repr", False):
+        original_extra_repr = cls.extra_repr  # (a registered base's wrapper is inherited as is)
 
         def extra_repr(self) -> str:
             own = original_extra_repr(self)
@@ -135,6 +135,7 @@ def _record_spec(cls: type) -> None:
             head = f"spec={spec}" if spec is not None else ""
             return ", ".join(s for s in (head, own) if s)
 
+        extra_repr._lowrank_spec_repr = True  # type: ignore[attr-defined]
         cls.extra_repr = extra_repr
 
 
