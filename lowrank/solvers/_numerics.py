@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["abs_max", "compute_dtype", "default_eps", "hash_uniform", "resolve_rank"]
+__all__ = ["abs_max", "compute_dtype", "default_eps", "hash_uniform", "inverse_scale", "resolve_rank"]
 
 _M32 = 0xFFFFFFFF
 
@@ -58,6 +58,12 @@ def hash_uniform(
 def abs_max(x: Tensor) -> Tensor:
     """``max |x|`` over the last two dims, ``(*batch, 1, 1)``, without a temporary of x's size."""
     return torch.maximum(x.amax(dim=(-2, -1), keepdim=True), -x.amin(dim=(-2, -1), keepdim=True))
+
+
+def inverse_scale(x: Tensor) -> Tensor:
+    """``1 / max |x|`` over the last two dims (1 for an all-zero matrix), detached, ``(*batch, 1, 1)``."""
+    s = abs_max(x.detach())
+    return 1.0 / torch.where(s > 0, s, torch.ones_like(s))
 
 
 def compute_dtype(dtype: torch.dtype, fp32: bool = True) -> torch.dtype:

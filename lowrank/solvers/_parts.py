@@ -27,8 +27,11 @@ class Init(nn.Module):
 class Update(nn.Module):
     """Base of the ``update`` parts: one update of the left factor W of ``X ≈ W Hᵀ``.
 
-    ``forward(x: (*batch, P, Q), w: (*batch, P, R), h: (*batch, Q, R), eps: float) -> w_new``.
-    The right factor is updated by the same rule on the transpose: ``update(x.mT, h, w)``.
+    ``forward(x: (*batch, P, Q), w: (*batch, P, R), h: (*batch, Q, R), eps: float,
+    scale: (*batch, 1, 1) | None) -> w_new``. The right factor is updated by the same rule on
+    the transpose: ``update(x.mT, h, w)``. ``scale`` (NMF passes ``1 / max |X|``) means "read X
+    as ``scale · X``": apply it to the small products ``X H`` (P×R), never to X itself, so no
+    scaled copy of X exists for autograd to keep.
 
     Attributes:
         start: the value V is filled with before its first update (from U0).
@@ -36,6 +39,8 @@ class Update(nn.Module):
 
     start: float = 1.0
 
-    def forward(self, x: Tensor, w: Tensor, h: Tensor, eps: float) -> Tensor:  # pragma: no cover
+    def forward(
+        self, x: Tensor, w: Tensor, h: Tensor, eps: float, scale: Tensor | None = None
+    ) -> Tensor:  # pragma: no cover
         """Return the updated left factor ``(*batch, P, R)``."""
         raise NotImplementedError

@@ -78,7 +78,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..build import InitSpec, build
-from ._numerics import abs_max, compute_dtype, default_eps, hash_uniform, resolve_rank
+from ._numerics import abs_max, compute_dtype, default_eps, hash_uniform, inverse_scale, resolve_rank
 from ._parts import Init, Update
 
 __all__ = [
@@ -89,6 +89,7 @@ __all__ = [
     "compute_dtype",
     "default_eps",
     "hash_uniform",
+    "inverse_scale",
     "resolve_rank",
     "run_iterations",
 ]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..build import InitSpec, UpdateSpec
 from ..registry import register
-from .base import Init, State, hash_uniform
+from .base import Init, hash_uniform
 from .nmf import NMF
 from .vq import soft_assign, unit_columns
 
@@ -136,12 +136,10 @@ class HamNMF(NMF):
         )
         self.temperature = temperature
 
-    def initial_state(self, x: Tensor, u0: Tensor, mask: Tensor | None, eps: float) -> State:
-        """``(U0, update(Xᵀ, V0, U0))`` with ``V0 = softmax_R(cos(X, U0)/T)``."""
+    def start_v(self, x: Tensor, u0: Tensor, mask: Tensor | None, eps: float) -> Tensor:
+        """``V0 = softmax_R(cos(X, U0)/T)`` (scale-free), 0 at masked columns."""
         v0 = soft_assign(unit_columns(x, eps), u0, self.temperature, eps)
-        if mask is not None:
-            v0 = v0 * mask
-        return u0, self.update(x.mT, v0, u0, eps)
+        return v0 if mask is None else v0 * mask
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..build import InitSpec, UpdateSpec, build
 from ..registry import register
-from .base import Factorization, State
+from .base import Factorization, State, inverse_scale
 from .rank1 import rank1_projector_nmf
 
 __all__ = ["NMF"]
@@ -77,27 +77,49 @@ class NMF(Factorization):
         self.update = build("update", update)
         self.fast = fast
 
-    def initial_state(self, x: Tensor, u0: Tensor, mask: Tensor | None, eps: float) -> State:
-        """``(U0, V1)`` with V1 one update of V from the update's start value."""
+    def start_v(self, x: Tensor, u0: Tensor, mask: Tensor | None, eps: float) -> Tensor:
+        """V before its first update: the update's ``start`` value, ``(*batch, N, R)``."""
         v = torch.full(
             (*x.shape[:-2], x.shape[-1], u0.shape[-1]), self.update.start, dtype=x.dtype, device=x.device
         )
-        if mask is not None:
-            v = v * mask
-        return u0, self.update(x.mT, v, u0, eps)
+        return v if mask is None else v * mask
+
+    def initial_u(self, x: Tensor, rank: int) -> Tensor:
+        """``U0`` of the scaled X (a no-grad copy, for inits that read values)."""
+        if getattr(self.init, "receives_gradient", False):  # learned: reads only the shape
+            return super().initial_u(x, rank)
+        with torch.no_grad():
+            return super().initial_u(x * inverse_scale(x), rank)
+
+    def initial_state(self, x: Tensor, u0: Tensor, mask: Tensor | None, eps: float) -> State:
+        """``(U0, V1, 1/s)``: V1 one update of V from :meth:`start_v`; ``s = max |X|``.
+
+        X stays unscaled: the updates read it as ``X / s`` through their small products.
+        """
+        inv = inverse_scale(x)
+        return u0, self.update(x.mT, self.start_v(x, u0, mask, eps), u0, eps, inv), inv
 
     def step(self, x: Tensor, state: State, mask: Tensor | None, eps: float) -> State:
         """One iteration: update U, then V."""
-        u, v = state[0], state[1]
-        u = self.update(x, u, v, eps)
-        return u, self.update(x.mT, v, u, eps)
+        u, v, inv = state
+        u = self.update(x, u, v, eps, inv)
+        return u, self.update(x.mT, v, u, eps, inv), inv
+
+    def reconstruct(self, state: State) -> Tensor:
+        """``s · U Vᵀ``: the reconstruction in the input's scale."""
+        u, v, inv = state
+        return (u @ v.mT) / inv
+
+    def factors_of(self, state: State) -> tuple[Tensor, Tensor]:
+        """``(U, s · V)``."""
+        return state[0], state[1] / state[2]
 
     def _fast(self, rank: int) -> bool:
         return self.fast and rank == 1 and not (self.return_factors or self.store_factors)
 
     def prescale(self, rank: int) -> bool:
-        """The rank-1 path scales X itself (no copy of X's size); the general loop is prescaled."""
-        return not self._fast(rank)
+        """Never: both paths read X unscaled and scale small products (no copy of X's size)."""
+        return False
 
     def recompute(self, rank: int) -> bool:
         """The rank-1 path has its own backward (it saves no activations): no recomputation."""

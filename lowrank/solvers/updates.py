@@ -28,15 +28,21 @@ class MUUpdate(Update):
 
     start = 1.0
 
-    def forward(self, x: Tensor, w: Tensor, h: Tensor, eps: float) -> Tensor:
-        """Return the updated W ``(*batch, P, R)``."""
-        a = x @ h
+    def forward(self, x: Tensor, w: Tensor, h: Tensor, eps: float, scale: Tensor | None = None) -> Tensor:
+        """Return the updated W ``(*batch, P, R)`` (X read as ``scale · X``)."""
+        a = x @ h if scale is None else (x @ h) * scale
         b = h.mT @ h
         return w * a / (w @ b + eps)
 
 
 def hals_columns(
-    x: Tensor, w: Tensor, h: Tensor, eps: float, slope: float = 0.0, ridge: float = 0.0
+    x: Tensor,
+    w: Tensor,
+    h: Tensor,
+    eps: float,
+    slope: float = 0.0,
+    ridge: float = 0.0,
+    scale: Tensor | None = None,
 ) -> Tensor:
     """One Gauss–Seidel sweep of HALS over the columns of W in ``X ≈ W Hᵀ`` (batched).
 
@@ -59,6 +65,7 @@ def hals_columns(
         slope: the negative slope η of the projection: 0 (ReLU, NMF; default), η in (0, 1)
             (weak NMF's leaky ReLU) or 1 (identity, unconstrained columns).
         ridge: added to the denominators (an L2 penalty on W).
+        scale: ``(*batch, 1, 1)`` or ``None``: read X as ``scale · X`` (applied to ``Aᵀ``).
 
     Returns:
         The updated W, ``(*batch, P, R)``.
@@ -66,6 +73,8 @@ def hals_columns(
     rank = w.shape[-1]
     b = h.mT @ h
     a_t = h.mT @ x.mT  # (*batch, R, P), contiguous
+    if scale is not None:
+        a_t = a_t * scale
     if rank > 1:  # Aᵀ − triu(B, 1) Wᵀ in one product (baddbmm is 3-D only)
         c_t = torch.baddbmm(
             a_t.reshape(-1, *a_t.shape[-2:]),
@@ -93,6 +102,6 @@ class HALSUpdate(Update):
 
     start = 0.0
 
-    def forward(self, x: Tensor, w: Tensor, h: Tensor, eps: float) -> Tensor:
-        """Return the updated W ``(*batch, P, R)``."""
-        return hals_columns(x, w, h, eps)
+    def forward(self, x: Tensor, w: Tensor, h: Tensor, eps: float, scale: Tensor | None = None) -> Tensor:
+        """Return the updated W ``(*batch, P, R)`` (X read as ``scale · X``)."""
+        return hals_columns(x, w, h, eps, scale=scale)
