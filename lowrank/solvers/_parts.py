@@ -11,10 +11,13 @@ class Init(nn.Module):
     """Base of the ``init`` parts: ``forward(x: (*batch, M, N), rank: int) -> U0 (*batch, M, rank)``.
 
     ``x`` is the scaled (max |x| = 1), masked matrix in the compute dtype; the result must be in
-    ``x``'s dtype and device. Set ``receives_gradient = True`` if U0 carries parameters.
+    ``x``'s dtype and device. Set ``receives_gradient = True`` if U0 carries parameters, and
+    ``reads_values = True`` if U0 depends on the values of x, not only on its shape (a family
+    that keeps X unscaled then passes a scaled copy; others get X as it is, with no copy).
     """
 
     receives_gradient: bool = False
+    reads_values: bool = False
 
     def forward(self, x: Tensor, rank: int) -> Tensor:  # pragma: no cover - abstract
         """Return the initial left factor ``U0: (*batch, M, rank)``."""

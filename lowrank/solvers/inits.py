@@ -201,6 +201,8 @@ class SVDInit(Init):
         seed: the seed of the padding columns.
     """
 
+    reads_values = True
+
     def __init__(self, *, rank: int | float | None = None, seed: int = 0):
         super().__init__()
         self.seed = seed
@@ -227,6 +229,8 @@ class NNDSVDInit(Init):
         fill: replace exact zeros by the mean (NNDSVDa).
         seed: the seed of the padding columns (rank > min(M, N)).
     """
+
+    reads_values = True
 
     def __init__(self, *, rank: int | float | None = None, fill: bool = True, seed: int = 0):
         super().__init__()

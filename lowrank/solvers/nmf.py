@@ -85,8 +85,8 @@ class NMF(Factorization):
         return v if mask is None else v * mask
 
     def initial_u(self, x: Tensor, rank: int) -> Tensor:
-        """``U0`` of the scaled X (a no-grad copy, for inits that read values)."""
-        if getattr(self.init, "receives_gradient", False):  # learned: reads only the shape
+        """``U0`` from the init; a no-grad scaled copy of X only for inits that read values."""
+        if not getattr(self.init, "reads_values", False):
             return super().initial_u(x, rank)
         with torch.no_grad():
             return super().initial_u(x * inverse_scale(x), rank)
