@@ -17,7 +17,9 @@ A factorization layer maps a batch of matrices ``X: (*batch, M, N)`` to factors
    the data. ``s`` is differentiated, so gradients are those of ``s · f(X / s)`` exactly;
    families that are 1-homogeneous up to eps (NMF, semi-NMF) set ``homogeneous = True`` and
    ``s`` is then treated as a constant (its gradient contribution vanishes by Euler's theorem),
-   which saves two tensors of X's size for backward.
+   which saves two tensors of X's size for backward. NMF goes further (``prescale`` is
+   ``False``): it never forms ``X / s`` and scales its small products ``X H · (1/s)`` instead,
+   so autograd keeps no scaled copy of X.
 4. **eps**: ``eps=None`` means ``torch.finfo(compute dtype).eps`` (relative to the scaled data).
 5. **rank**: an int, or a float ``c`` read as a compression ratio: ``R = max(1, ⌊MN / (c (M+N))⌋)``
    (the factors hold ``1/c`` of the entries of X), resolved at run time from ``M, N``.
@@ -33,6 +35,13 @@ A factorization layer maps a batch of matrices ``X: (*batch, M, N)`` to factors
    * ``grad_steps=1`` is Hamburger's one-step gradient: only the last step (for NMF: one
      U-update followed by one V-update, at the no-grad fixed-point estimate) and ``U Vᵀ`` are
      differentiated.
+   * memory: with ``grad_steps=k < T`` under autograd, the last k steps and the
+     reconstruction run inside :func:`torch.utils.checkpoint.checkpoint` (non-reentrant) from
+     the raw input and the detached head state, so autograd keeps only that state (for NMF at
+     Hamburger size, 0.04 of the unrolled loop's saved memory) and backward runs the k steps
+     again. Families with their own memory-light backward opt out (:meth:`Factorization.recompute`).
+   * blocking: on CPU a large batch is processed in chunks of about ``chunk_bytes`` (8 MiB)
+     of X, so the many passes of an iteration stay in the caches (results are identical).
 
    With ``grad_steps=k < iters`` the init receives no gradient, so ``init=learned`` requires
    ``grad_steps=None`` (checked at build time).
