@@ -60,19 +60,19 @@ class _Rank1Gram(torch.autograd.Function):
     def forward(ctx, x: Tensor, u0: Tensor, iters: int, diff: int, eps: float):
         delta = eps * eps
         k, inv = _scaled_gram(x)
-        us = [u0]
-        ws = []
+        us, ws, ns = [u0], [], []
         u = u0
         for _ in range(iters):
             w = torch.bmm(k, u.unsqueeze(-1)).squeeze(-1)
-            u, _, _ = _normalize(w, delta)
+            u, _, n = _normalize(w, delta)
             ws.append(w)
+            ns.append(n)
             us.append(u)
         a = u.square().sum(-1, keepdim=True)
         p = u.unsqueeze(-1) * u.unsqueeze(-2) / (a + delta).unsqueeze(-1)
         out = torch.bmm(p, x)
         first = iters - diff  # index of the first differentiated iteration (0-based)
-        ctx.save_for_backward(x, k, inv, p, *us[first:], *ws[first:])
+        ctx.save_for_backward(x, k, inv, p, *us[first:], *ws[first:], *ns[first:])
         ctx.iters, ctx.diff, ctx.delta = iters, diff, delta
         ctx.mark_non_differentiable(u)
         return out, u
@@ -81,7 +81,7 @@ class _Rank1Gram(torch.autograd.Function):
     def backward(ctx, g: Tensor, _gu: Tensor | None):
         x, k, inv, p, *rest = ctx.saved_tensors
         diff, delta = ctx.diff, ctx.delta
-        us, ws = rest[: diff + 1], rest[diff + 1 :]
+        us, ws, ns = rest[: diff + 1], rest[diff + 1 : 2 * diff + 1], rest[2 * diff + 1 :]
         full = diff == ctx.iters
         # a gradient constant along N (e.g. from out.sum()) is kept as one column: no copy of X's size
         column = g.stride(-1) == 0
@@ -93,19 +93,27 @@ class _Rank1Gram(torch.autograd.Function):
         pu = torch.bmm(pbar, u.unsqueeze(-1)).squeeze(-1)
         ptu = torch.bmm(pbar.mT, u.unsqueeze(-1)).squeeze(-1)
         ubar = (pu + ptu) / a - 2.0 * (u * pu).sum(-1, keepdim=True) / a.square() * u
-        s = torch.zeros_like(k)
+        # S = Σ_t w̄_t u_{t-1}ᵀ (+ its transpose where K's right X is differentiated too)
+        wbars: list[Tensor] = []
         u0bar = None
         for t in range(diff - 1, -1, -1):
-            w, uprev = ws[t], us[t]
-            _, r, n = _normalize(w, delta)
-            rbar = ubar / n - (ubar * r).sum(-1, keepdim=True) * r / n.pow(3)
-            wbar = rbar * (w >= 0).to(w.dtype)  # MU's derivative at (Xv)_m = 0 (a zero row)
-            left = wbar.unsqueeze(-1) * uprev.unsqueeze(-2)
+            # u_t = r / n with r = relu(w), n = sqrt(|r|² + δ): r̄ = (ū − (ū·u_t) u_t) / n
+            u_t = us[t + 1]
+            rbar = (ubar - (ubar * u_t).sum(-1, keepdim=True) * u_t) / ns[t]
+            wbar = torch.where(ws[t] >= 0, rbar, 0.0)  # MU's derivative at (Xv)_m = 0 (a zero row)
+            wbars.append(wbar)
             if t > 0 or full:
-                s = s + left + left.mT
                 ubar = torch.bmm(k, wbar.unsqueeze(-1)).squeeze(-1)
-            else:
-                s = s + left
+        left = torch.bmm(torch.stack(wbars, -1), torch.stack(us[diff - 1 :: -1] if diff else [], -1).mT)
+        if full:
+            s = left + left.mT
+        else:  # the first differentiated iteration updates U from a detached V: K's left X only
+            sym = (
+                torch.bmm(torch.stack(wbars[:-1], -1), torch.stack(us[diff - 1 : 0 : -1], -1).mT)
+                if diff > 1
+                else None
+            )
+            s = left if sym is None else left + sym.mT
         if full and ctx.needs_input_grad[1]:
             u0bar = ubar / inv.squeeze(-1)  # the reverse pass ran on P̄·(1/s)
         gx = None
