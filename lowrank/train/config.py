@@ -8,14 +8,29 @@ from pathlib import Path
 
 from ..data import DEFAULT_HOLDOUT, Volume, load_cases, load_template, split_slab
 
-__all__ = ["DEFAULT_SPEC", "DEFAULT_STEPS", "TrainConfig", "DataSplit", "load_split"]
+__all__ = ["DEFAULT_SPEC", "DEFAULT_STEPS", "TrainConfig", "DataSplit", "load_split", "default_lr"]
 
-#: The default net: a small Swin Factorizer (88k parameters), sized for a few minutes on 2 CPU cores.
+#: The default net: a small Swin Factorizer (88k parameters), about a minute of training on a CPU.
 DEFAULT_SPEC = (
     "swin_factorizer(channels=[8, 16, 32, 64], head_dim=4, patch=4, deep_supervision=2, pos_embed_size=none)"
 )
 #: Steps of the default run.
 DEFAULT_STEPS = 400
+#: Peak AdamW learning rates when ``--lr`` is not given: small nets / the rest (see :func:`default_lr`).
+SMALL_NET_LR, LARGE_NET_LR = 2e-2, 3e-3
+#: Nets with fewer parameters than this count as small.
+SMALL_NET_PARAMETERS = 1_000_000
+
+
+def default_lr(parameters: int) -> float:
+    """The peak learning rate of a run without ``--lr``: 2e-2 below 1M parameters, else 3e-3.
+
+    Tuned on this repository's CPU runs (``bench/README.md``, "Training"): the default Swin
+    Factorizer (88k parameters) gains +0.056 held-out GM Dice from 3e-3 to 2e-2 at 400 steps (flat
+    up to 4e-2); ``unet(channels=[8, 16, 32, 64])`` (447k) is flat from 3e-3 to 2e-2 and worse at
+    4e-2; the 1.7M-parameter ``ham_segnet`` (2-D) fails at 2e-2 and trains at 3e-3.
+    """
+    return SMALL_NET_LR if parameters < SMALL_NET_PARAMETERS else LARGE_NET_LR
 
 
 @dataclass
@@ -30,10 +45,18 @@ class TrainConfig:
         dims: 3 (volumes) or 2 (axial slices).
         amp: ``"bf16"``, ``"fp16"`` (CUDA) or ``None``.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        threads: intra-op CPU threads per process (``torch.set_num_threads``, for this run
+            only). 1 by default: the small nets of a CPU run are made of many small ops, and
+            on a 2-core CPU a second OpenMP thread gains little on an idle machine (the
+            default Swin Factorizer: none) but loses up to 8x as soon as other processes
+            compete for the cores (``bench/README.md``, "Training"). ``None`` (or 0): torch's
+            default (``OMP_NUM_THREADS`` or the physical cores).
         out: run folder.
         resume: continue from ``out/checkpoint.pt``.
         seed: the seed of patches, augmentation and initialization.
-        lr, weight_decay: AdamW.
+        lr: AdamW peak learning rate; ``None``: :func:`default_lr` of the net's parameter
+            count (2e-2 below 1M parameters, 3e-3 above).
+        weight_decay: AdamW weight decay (AdamW is fused on CPU and CUDA).
         warmup: linear warm-up as a fraction of ``steps`` (then cosine to 0).
         grad_clip: gradient-norm clip (0 = off).
         val_every: validate every this many steps (0 = 10 times per run).
@@ -53,10 +76,11 @@ class TrainConfig:
     dims: int = 3
     amp: str | None = None
     device: str | None = None
+    threads: int | None = 1
     out: str = "runs/default"
     resume: bool = False
     seed: int = 0
-    lr: float = 3e-3
+    lr: float | None = None
     weight_decay: float = 1e-2
     warmup: float = 0.05
     grad_clip: float = 1.0
@@ -86,6 +110,11 @@ class TrainConfig:
         for name in ("steps", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.threads is not None and self.threads < 0:
+            raise ValueError(f"--threads must be >= 1, or 0 for torch's default; got {self.threads}")
+        self.threads = self.threads or None
         if self.amp in ("none", "fp32"):
             self.amp = None
         if self.amp not in (None, "bf16", "fp16"):

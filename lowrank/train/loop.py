@@ -28,10 +28,19 @@ from .. import build_net
 from ..spec import SpecError
 from . import distributed as D
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, net_info, save_checkpoint
-from .config import TrainConfig, load_split
+from .config import TrainConfig, default_lr, load_split
 from .infer import autocast_context, mean_metric, segmentation_metrics, sliding_window_predict
 
-__all__ = ["train", "make_loss", "make_scheduler", "forward_backward", "validate", "step_seed", "spec_text"]
+__all__ = [
+    "train",
+    "make_loss",
+    "make_optimizer",
+    "make_scheduler",
+    "forward_backward",
+    "validate",
+    "step_seed",
+    "spec_text",
+]
 
 CHECKPOINT = "checkpoint.pt"
 #: test hook: sleep (until killed) after this step, e.g. to ``kill -9`` a run at a known point
@@ -63,6 +72,17 @@ def make_loss() -> nn.Module:
     from monai.losses import DeepSupervisionLoss, DiceCELoss
 
     return DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
+
+
+def make_optimizer(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; the fused implementation on CPU and CUDA (one kernel for all parameters).
+
+    The default (per-parameter loop) AdamW launches ~10 small ops per parameter tensor; the
+    small nets of the default run have ~100 tensors, so on a CPU the fused step is ~3-10x
+    faster (0.8 ms vs 7.6 ms with clipping for the default Swin Factorizer, 1 thread).
+    """
+    fused = torch.device(device).type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def make_scheduler(
@@ -148,10 +168,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         SpecError, TypeError, ValueError: a bad spec or option (before any file is written).
         CheckpointError: ``--resume`` with a missing, corrupt or mismatching checkpoint.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)  # --threads applies to this run only
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     info, device = D.setup(cfg.device)
-    if device.type == "cpu" and info.enabled and "OMP_NUM_THREADS" not in os.environ:
+    if device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif device.type == "cpu" and info.enabled and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
     split = load_split(cfg.data, cfg.holdout)
     k = len(split.classes)
@@ -173,11 +203,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "spacing": spacing,
     }
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr = cfg.lr if cfg.lr is not None else default_lr(sum(p.numel() for p in model.parameters()))
+    optimizer = make_optimizer(params, lr, cfg.weight_decay, device)
     scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup)
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
     autocast_context(cfg.amp, device)  # validates --amp against the device before training
-    history: dict[str, list] = {"step": [], "loss": [], "lr": [], "val": []}
+    history: dict[str, Any] = {"step": [], "loss": [], "lr": [], "val": []}
     start, elapsed_before, cpu_before = 0, 0.0, 0.0
     state = _resume_state(cfg, ckpt_path, net)
     if state is not None:
@@ -195,6 +226,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         start, history = int(state["step"]), json.loads(state["history"])
         elapsed_before = float(history.get("elapsed", 0.0))
         cpu_before = float(history.get("cpu", 0.0))
+    history["lr_peak"] = lr
     ddp = model
     if info.enabled:
         ddp = nn.parallel.DistributedDataParallel(
@@ -306,6 +338,7 @@ def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> di
         "device": str(device),
         "world_size": info.world_size,
         "amp": cfg.amp,
+        "lr": history.get("lr_peak", cfg.lr),
         "threads": torch.get_num_threads(),
         "classes": list(split.classes[1:]),
         "dice": {c: round(m["dice"], 4) for c, m in final.items()},

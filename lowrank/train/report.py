@@ -299,7 +299,8 @@ def summary(metrics: dict, out: Path, figures: list[str]) -> str:
         f" lowrank train · {metrics['spec'][:90]}",
         f" {metrics['parameters']:,} parameters · {metrics['steps']} steps × batch {metrics['batch']} · "
         f"{metrics['dims']}-D patches {'×'.join(map(str, metrics['patch']))}",
-        f" {metrics['wall_time_s']:.0f} s on {metrics['device']} ({metrics['threads']} threads, "
+        f" {metrics['wall_time_s']:.0f} s on {metrics['device']} ({metrics['threads']} "
+        f"thread{'s' if metrics['threads'] != 1 else ''}, "
         f"{metrics['world_size']} process{'es' if metrics['world_size'] > 1 else ''}), "
         f"{metrics['steps_per_s'] or 0:.2f} steps/s",
         f" validation: {metrics['validation']}",
