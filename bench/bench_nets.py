@@ -4,22 +4,26 @@ Models: our Swin Factorizer (BraTS widths, patch 4), MONAI's SwinUNETR and SegRe
 Each measurement runs in a fresh subprocess (so ``ru_maxrss`` is that model's peak), and the
 models are interleaved over rounds so that load drifts on a shared machine hit all of them;
 the table reports medians over rounds and ratios to SwinUNETR and SegResNet. ``--profile``
-also prints the top forward ops of the Swin Factorizer (``torch.profiler``).
+also prints the top forward ops of the Swin Factorizer (``torch.profiler``). ``--baseline DIR``
+also times the Swin Factorizer of another source tree (e.g. ``git archive HEAD lowrank | tar -x
+-C DIR``) in the same rounds, as the before/after comparison.
 
 Usage::
 
     OMP_NUM_THREADS=2 python bench/bench_nets.py [--rounds 3] [--iters 2] [--size 64] [--profile]
+        [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 
-__all__ = ["MODELS", "build", "measure", "main"]
+__all__ = ["MODELS", "BASELINE", "build", "measure", "main"]
 
 MODELS = {
     "swin_factorizer": "ours: swin_factorizer(patch=4, pos_embed_size=64)",
@@ -27,6 +31,8 @@ MODELS = {
     "segresnet": "MONAI SegResNet(init_filters=8)",
     "unet": "ours: unet (nnU-Net-like, 28.7M)",
 }
+#: the row of ``--baseline``: the Swin Factorizer of another source tree
+BASELINE = "swin_factorizer_baseline"
 
 
 def build(name: str, size: int):
@@ -74,8 +80,11 @@ def measure(name: str, size: int, iters: int) -> dict:
         step()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import lowrank
+
     return {
         "name": name,
+        "src": os.path.dirname(os.path.dirname(lowrank.__file__)),
         "params": params,
         "time_s": statistics.median(times),
         "peak_rss_mb": peak / 1024,
@@ -103,25 +112,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--baseline", help="source tree of a baseline lowrank to time as well")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(measure(args.one, args.size, args.iters)))
         return
-    results: dict[str, list[dict]] = {m: [] for m in args.models}
+    models = list(args.models) + ([BASELINE] if args.baseline else [])
+    results: dict[str, list[dict]] = {m: [] for m in models}
     for r in range(args.rounds):
-        for name in args.models:
+        for name in models:
+            env = dict(os.environ)
+            if name == BASELINE:
+                env["PYTHONPATH"] = os.path.abspath(args.baseline)
             cmd = [
                 sys.executable,
                 __file__,
                 "--one",
-                name,
+                "swin_factorizer" if name == BASELINE else name,
                 "--size",
                 str(args.size),
                 "--iters",
                 str(args.iters),
             ]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             results[name].append(json.loads(out.strip().splitlines()[-1]))
             print(f"round {r}: {results[name][-1]}", file=sys.stderr)
     med = {
@@ -143,8 +157,11 @@ def main(argv: list[str] | None = None) -> None:
         rt = f"{m['time_s'] / ref_t:.2f}" if ref_t else "-"
         rs = f"{m['time_s'] / seg_t:.2f}" if seg_t else "-"
         rm = f"{m['peak_rss_mb'] / ref_m:.2f}" if ref_m else "-"
+        label = (
+            f"{MODELS['swin_factorizer']} [baseline {args.baseline}]" if name == BASELINE else MODELS[name]
+        )
         print(
-            f"| {MODELS[name]} | {m['params'] / 1e6:.2f}M | {m['time_s']:.2f} | {rt} | {rs} | "
+            f"| {label} | {m['params'] / 1e6:.2f}M | {m['time_s']:.2f} | {rt} | {rs} | "
             f"{m['peak_rss_mb']:.0f} | {rm} |"
         )
     if args.profile:

@@ -415,3 +415,22 @@ def test_compiles_without_graph_breaks(name):
     (g2,) = torch.autograd.grad(y2.sum(), x)
     torch.testing.assert_close(y, y2)
     torch.testing.assert_close(g, g2)
+
+
+def test_window_index_is_cached_per_size_and_works_on_meta():
+    """The gather indices depend on the spatial size only (not batch or channels), and the maps
+    run on the meta device (FLOP counting) with the right shapes."""
+    _windows._view_index.cache_clear()
+    m = build_matricize("swin(patch=4, head_dim=2)", spatial_dims=3)
+    for batch, channels in [(1, 2), (3, 4), (2, 8)]:
+        x = torch.randn(batch, channels, 5, 6, 7)
+        mats, ctx = m(x)
+        assert torch.equal(m.inverse(mats, ctx), x)
+    assert _windows._view_index.cache_info().currsize == 2  # one entry per view
+    with torch.device("meta"):
+        x = torch.empty(1, 4, 9, 8, 7)
+        mats, ctx = m(x)
+        back = m.inverse(mats, ctx)
+    # views: 3·2·2 windows unshifted, 3·3·3 shifted by 2 (no wrap); 2 heads; 4³ columns
+    assert mats.device.type == "meta" and mats.shape == (2 * (12 + 27), 2, 64)
+    assert back.shape == x.shape

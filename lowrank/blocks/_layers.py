@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
+from torch.utils import flop_counter as _flop_counter
 
 from ..build import LayerSpec, as_spec
 from ..registry import get_part_info
@@ -21,6 +22,8 @@ from ..spec import Spec
 __all__ = [
     "ChannelLayerNorm",
     "PointwiseConv",
+    "channel_standardize",
+    "pointwise",
     "make_norm",
     "make_act",
     "accepts",
@@ -49,11 +52,38 @@ def as_tuple(value: int | Sequence[int], n: int, what: str = "value") -> tuple[i
     return value
 
 
+_CHUNK = 1 << 20  # elements per chunk of the square-mean (a small temporary, reused from the heap)
+
+
+def _channel_mean_square(xhat: torch.Tensor) -> torch.Tensor:
+    """``mean(xhat², dim=1)`` through chunks along the last axis (no full-size temporary)."""
+    if xhat.numel() <= _CHUNK or xhat.ndim < 3:
+        return xhat.square().mean(1, keepdim=True)
+    flat = xhat.flatten(2) if xhat.ndim > 3 else xhat
+    out = flat.new_empty((flat.shape[0], 1, flat.shape[2]))
+    step = max(1, _CHUNK // (flat.shape[0] * flat.shape[1]))
+    for start in range(0, flat.shape[2], step):
+        piece = flat[..., start : start + step]
+        torch.mean(piece.square(), 1, keepdim=True, out=out[..., start : start + step])
+    return out.view(xhat.shape[0], 1, *xhat.shape[2:])
+
+
+def _channel_weighted_mean(weight: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
+    """``mean(w ⊙ t, dim=1)`` (``w`` per channel, or none): a reduction without a full-size temporary."""
+    if weight is None:
+        return t.mean(1, keepdim=True)
+    b, c = t.shape[:2]
+    w = (weight.to(t.dtype) / c).view(1, 1, c).expand(b, 1, c)
+    return torch.bmm(w, t.reshape(b, c, -1)).view(b, 1, *t.shape[2:])
+
+
 class _ChannelLayerNormFn(torch.autograd.Function):
     """LayerNorm over dim 1 that saves only the normalized input and ``1/σ`` for backward.
 
-    Autograd through the elementwise formula keeps three full-size tensors per norm; this keeps
-    one (``x̂``), which matters at the highest resolutions of a 3-D net.
+    Autograd through the elementwise formula keeps three full-size tensors per norm and
+    allocates about seven in backward; this keeps one (``x̂``, which is also the output when
+    there is no affine part) and allocates one full-size tensor in each direction (large
+    fresh allocations cost a page-fault pass on CPU).
     """
 
     @staticmethod
@@ -63,7 +93,7 @@ class _ChannelLayerNormFn(torch.autograd.Function):
         # two passes (mean, then mean square of the deviations): exact for large offsets and
         # about twice as fast on CPU as var_mean over a non-innermost dimension
         xhat = xf - xf.mean(1, keepdim=True)
-        rstd = torch.rsqrt(xhat.square().mean(1, keepdim=True) + eps)
+        rstd = torch.rsqrt(_channel_mean_square(xhat) + eps)
         xhat.mul_(rstd)
         if weight is not None:
             shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -81,19 +111,33 @@ class _ChannelLayerNormFn(torch.autograd.Function):
         g = grad.to(xhat.dtype)
         reduce = [0, *range(2, g.ndim)]
         grad_weight = grad_bias = None
+        w = weight if ctx.has_affine else None
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, g.sum(reduce).to(weight.dtype) if ctx.needs_input_grad[2] else None, None
+        gx = g * xhat  # the one full-size allocation; reused for the result
         if ctx.has_affine:
-            shape = (1, -1) + (1,) * (g.ndim - 2)
             if ctx.needs_input_grad[1]:
-                grad_weight = (g * xhat).sum(reduce).to(weight.dtype)
+                grad_weight = gx.sum(reduce).to(weight.dtype)
             if ctx.needs_input_grad[2]:
                 grad_bias = g.sum(reduce).to(weight.dtype)
-            g = g * weight.view(shape).to(g.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            mean_g = g.mean(1, keepdim=True)
-            mean_gx = (g * xhat).mean(1, keepdim=True)
-            grad_x = ((g - mean_g - xhat * mean_gx) * rstd).to(grad.dtype)
+            # dx = (w⊙g - mean(w⊙g) - x̂ · mean(w⊙g⊙x̂)) / σ, the means over the channels
+            mean_g = _channel_weighted_mean(w, g)
+            mean_gx = _channel_weighted_mean(w, gx)
+            if w is None:
+                torch.sub(g, mean_g, out=gx)
+            else:
+                shape = (1, -1) + (1,) * (g.ndim - 2)
+                torch.addcmul(mean_g.neg(), g, w.view(shape).to(g.dtype), out=gx)
+            gx.addcmul_(xhat, mean_gx, value=-1).mul_(rstd)
+            grad_x = gx.to(grad.dtype)
         return grad_x, grad_weight, grad_bias, None
+
+
+def channel_standardize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over dim 1 of ``x: (B, C, *S)`` (a LayerNorm without affine)."""
+    return _ChannelLayerNormFn.apply(x, None, None, eps)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -135,6 +179,73 @@ class ChannelLayerNorm(nn.Module):
         return f"{self.channels}, eps={self.eps}, affine={self.weight is not None}"
 
 
+# ``pointwise`` accumulates into its output with the in-place ``baddbmm_``; count its FLOPs like
+# ``baddbmm``'s in ``torch.utils.flop_counter.FlopCounterMode`` (which knows the out-of-place op only)
+if torch.ops.aten.baddbmm_ not in _flop_counter.flop_registry:
+    _flop_counter.register_flop_formula(torch.ops.aten.baddbmm_, get_raw=True)(
+        _flop_counter.flop_registry[torch.ops.aten.baddbmm]
+    )
+
+
+def _autocast(device: torch.device) -> bool:
+    """Whether autocast is on for ``device`` (``False`` for devices without autocast, e.g. meta)."""
+    if device.type not in ("cpu", "cuda", "xpu", "mps", "hpu"):
+        return False
+    return torch.is_autocast_enabled(device.type)
+
+
+def pointwise(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    x: torch.Tensor,
+    *more: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``residual + bias + W @ cat([x, *more], 1)`` over the channels, as batched matrix products.
+
+    Args:
+        weight: ``W (C_out, C_in)``.
+        bias: ``(C_out,)`` or ``None``.
+        x: ``(B, C_x, *S)``; ``more`` are further channel pieces (the columns of ``W`` are split
+            by the pieces' channels, so the concatenation is never materialized).
+        residual: ``(B, C_out, *S)`` added in the same output buffer (``bias + residual`` first,
+            then the products accumulated in place), or ``None``.
+        relu: apply ReLU in place to the result (on the product's own buffer, not on a view of
+            it, so that autograd keeps no copy of the gradient).
+
+    Returns:
+        ``(B, C_out, *S)``.
+    """
+    pieces = (x, *more)
+    batch, spatial, cout = x.shape[0], x.shape[2:], weight.shape[0]
+    weights = weight.to(x.dtype).split([p.shape[1] for p in pieces], dim=1)
+    flats = [p.reshape(batch, p.shape[1], -1) for p in pieces]
+    mats = [w.unsqueeze(0).expand(batch, -1, -1) for w in weights]
+    fuse = residual is not None and residual.dtype == x.dtype and not _autocast(x.device)
+    if fuse:
+        res = residual.reshape(batch, cout, -1)
+        out = res + bias.to(x.dtype).view(1, -1, 1) if bias is not None else res.clone()
+        for w, flat in zip(mats, flats):
+            out.baddbmm_(w, flat)
+        return (torch.relu_(out) if relu else out).view(batch, cout, *spatial)
+    out = None
+    for w, flat in zip(mats, flats):
+        if out is None:
+            if bias is None:
+                out = torch.bmm(w, flat)
+            else:
+                out = torch.baddbmm(bias.to(flat.dtype).view(1, -1, 1).expand(batch, -1, 1), w, flat)
+        else:
+            out = torch.baddbmm(out, w, flat)
+    if relu and residual is None:
+        out = torch.relu_(out)
+    out = out.view(batch, cout, *spatial)
+    if residual is None:
+        return out
+    return torch.relu_(residual + out) if relu else residual + out
+
+
 class PointwiseConv(nn.Module):
     """A 1×1 convolution as one batched matrix product over the channels.
 
@@ -164,34 +275,22 @@ class PointwiseConv(nn.Module):
             bound = 1 / math.sqrt(self.in_channels) if self.in_channels > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *more: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Apply to ``x: (B, C_in, *S)``, or to ``torch.cat([x, *more], 1)`` without the concat.
 
         With ``more``, the inputs are the channel pieces of the input (their channels add up to
         ``C_in``): each piece is multiplied by its block of columns of the weight and the
         products are accumulated, so the concatenation is never materialized (nor saved).
+        With ``residual: (B, C_out, *S)``, returns ``residual + conv(x)`` in one output buffer.
         """
-        pieces = (x, *more)
-        batch, spatial = x.shape[0], x.shape[2:]
-        sizes = [p.shape[1] for p in pieces]
+        sizes = [p.shape[1] for p in (x, *more)]
         if sum(sizes) != self.in_channels:
             raise ValueError(
                 f"PointwiseConv({self.in_channels}, {self.out_channels}) got inputs with {sizes} channels"
             )
-        weights = self.weight.to(x.dtype).split(sizes, dim=1)
-        out = None
-        for piece, weight in zip(pieces, weights):
-            flat = piece.reshape(batch, piece.shape[1], -1)
-            w = weight.unsqueeze(0).expand(batch, -1, -1)
-            if out is None:
-                if self.bias is None:
-                    out = torch.bmm(w, flat)
-                else:
-                    bias = self.bias.to(flat.dtype).view(1, -1, 1).expand(batch, -1, 1)
-                    out = torch.baddbmm(bias, w, flat)
-            else:
-                out = torch.baddbmm(out, w, flat)
-        return out.view(batch, self.out_channels, *spatial)
+        return pointwise(self.weight, self.bias, x, *more, residual=residual)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}"

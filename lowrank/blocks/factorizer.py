@@ -16,6 +16,12 @@ For a feature map ``x: (B, C, *S)`` (pre-norm, two residual branches)::
 
 With the paper's BraTS widths, ``mlp_ratio=2`` gives ``6C² + 8C`` parameters per block.
 
+Fast paths (same parameters and results): a channel LayerNorm's affine part is folded into the
+following projection (its output is never materialized), the residuals are added in the
+projections' output buffers, the mixer's ReLU works in place, and on CPU (float32/64, no
+autocast, no compile, no active dropout) the MLP branch runs as one chunked kernel
+(:mod:`lowrank.blocks._fused_mlp`) that saves only its input for backward.
+
 Inference-time controls: set ``block.skip_mixer = True`` to short-circuit the mixer branch
 (Factorizer paper §4.5, "NMF layer" ablation); see :mod:`lowrank.controls`.
 
@@ -34,9 +40,15 @@ from torch import nn
 
 from ..build import LayerSpec, MatricizeSpec, SolverSpec, build_matricize, build_solver
 from ..registry import register
-from ._layers import PointwiseConv, make_act, make_norm
+from ._fused_mlp import fused_mlp
+from ._layers import ChannelLayerNorm, PointwiseConv, channel_standardize, make_act, make_norm, pointwise
 
 __all__ = ["Factorizer", "FactorizerMLP"]
+
+
+def _inactive(drop: nn.Dropout) -> bool:
+    """Whether a dropout layer is the identity now."""
+    return drop.p == 0.0 or not drop.training
 
 
 class FactorizerMLP(nn.Module):
@@ -139,14 +151,73 @@ class Factorizer(nn.Module):
             self.norm2 = None
             self.mlp = None
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """The mixer branch (without the residual): ``(B, C, *S) -> (B, C, *S)``."""
-        h = self.mixer_act(self.in_proj(self.norm1(x)))
+    @staticmethod
+    def _normed(norm: nn.Module, proj: PointwiseConv, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """``proj(norm(x))``; a channel LayerNorm's affine part is folded into the projection.
+
+        ``W (γ ⊙ x̂ + β) = (W diag γ) x̂ + W β``: the standardized ``x̂`` (saved by the norm anyway)
+        is the projection's input, so the affine output is never materialized nor saved.
+        """
+        if (
+            not isinstance(norm, ChannelLayerNorm)
+            or norm.weight is None
+            or x.ndim < 2
+            or x.shape[1] != norm.channels  # let the norm raise its error
+        ):
+            return pointwise(proj.weight, proj.bias, norm(x), relu=relu)
+        weight = proj.weight * norm.weight.to(proj.weight.dtype)
+        bias = (proj.weight * norm.bias.to(proj.weight.dtype)).sum(1)  # W β (not a counted matmul)
+        if proj.bias is not None:
+            bias = bias + proj.bias
+        return pointwise(weight, bias, channel_standardize(x, norm.eps), relu=relu)
+
+    def _mix_inner(self, x: torch.Tensor) -> torch.Tensor:
+        """The mixer branch up to (and without) ``out_proj``: ``(B, C, *S) -> (B, inner, *S)``."""
+        # the projection's output is fresh and not saved by it: ReLU can work in place
+        if type(self.mixer_act) is nn.ReLU:
+            h = self._normed(self.norm1, self.in_proj, x, relu=True)
+        else:
+            h = self.mixer_act(self._normed(self.norm1, self.in_proj, x))
         matrices, ctx = self.matricize(h)
         mask = getattr(ctx, "mask", None)
         matrices = self.mixer(matrices) if mask is None else self.mixer(matrices, mask=mask)
-        h = self.matricize.inverse(matrices, ctx)
-        return self.drop(self.out_proj(h))
+        return self.matricize.inverse(matrices, ctx)
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The mixer branch (without the residual): ``(B, C, *S) -> (B, C, *S)``."""
+        return self.drop(self.out_proj(self._mix_inner(x)))
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Whether the MLP branch can run as the chunked CPU kernel of :mod:`._fused_mlp`."""
+        mlp, norm = self.mlp, self.norm2
+        return (
+            x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and isinstance(norm, ChannelLayerNorm)
+            and norm.weight is not None
+            and type(mlp.act) is nn.GELU
+            and _inactive(mlp.drop1)
+            and _inactive(mlp.drop2)
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        )
+
+    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + mlp(norm2(x))``: one chunked kernel on CPU (see :mod:`._fused_mlp`), else the
+        residual added in the last projection's output buffer."""
+        mlp = self.mlp
+        if self._fusable(x):
+            norm, fc1, fc2 = self.norm2, mlp.fc1, mlp.fc2
+            w1 = fc1.weight * norm.weight.to(fc1.weight.dtype)
+            b1 = (fc1.weight * norm.bias.to(fc1.weight.dtype)).sum(1) + fc1.bias
+            dt = x.dtype
+            return fused_mlp(
+                x, w1.to(dt), b1.to(dt), fc2.weight.to(dt), fc2.bias.to(dt), norm.eps, mlp.act.approximate
+            )
+        h = mlp.drop1(mlp.act(self._normed(self.norm2, mlp.fc1, x)))
+        if _inactive(mlp.drop2):
+            return mlp.fc2(h, residual=x)
+        return x + mlp.drop2(mlp.fc2(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block to ``x: (B, C, *S)``."""
@@ -156,9 +227,12 @@ class Factorizer(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         if not self.skip_mixer:
-            x = x + self.mix(x)
+            if _inactive(self.drop):
+                x = self.out_proj(self._mix_inner(x), residual=x)
+            else:
+                x = x + self.mix(x)
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
+            x = self._mlp_branch(x)
         return x
 
     def extra_repr(self) -> str:

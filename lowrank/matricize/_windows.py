@@ -1,23 +1,26 @@
-"""The window copies of ``local`` and ``swin``: strided copies, no rolled or padded intermediate.
+"""The window maps of ``local`` and ``swin``: one gather per view, no rolled or padded intermediate.
 
-The geometry (views, frames, runs and pieces) is in :mod:`lowrank.matricize._plans`. The matrices
-of a view are written piece by piece straight from the input into a strided view of the output
-(one pass over the data per view), and the uncovered (padding) positions are zeroed; the way back
-reads the same pieces and sums the views (one pass per view). The two maps are adjoint, so each
-one's backward is the other (custom autograd functions: the eager backward is a single pass too,
-and double backward works). Under ``torch.compile`` a functional form (pad/roll, reshape,
-permute, crop) is traced instead, which Inductor fuses.
+The geometry (views, frames, runs) is in :mod:`lowrank.matricize._plans`. Each view's matrices
+are gathered straight from the input with ``torch.gather`` and a cached ``(G, N)`` voxel index
+broadcast over batch, heads and rows (one pass over the data per view, whatever the shift, the
+wrap-around or the padding; the padding columns are then zeroed); the way back gathers each
+voxel's column from each view with a cached ``(∏ S,)`` index and sums the views. The two maps
+are adjoint, so each one's backward is the other (custom autograd functions: the eager backward
+is a single pass too, and double backward works). The indices are ``O(∏ S)`` integers per view
+and spatial size (not per channel or sample), cached per device. Under ``torch.compile`` a
+functional form (pad/roll, reshape, permute, crop) is traced instead, which Inductor fuses.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ._plans import AxisPlan, Piece, ViewPlan, WindowLayout, plan_axis
+from ._plans import AxisPlan, ViewPlan, WindowLayout, plan_axis
 from .base import Matricize, MatricizeContext, check_matrices, per_axis
 
 __all__ = [
@@ -48,73 +51,113 @@ def _window_view(block: Tensor, layout: WindowLayout, view: ViewPlan) -> Tensor:
     return shaped.permute(perm)
 
 
-def _window_piece(windows: Tensor, combo: tuple[Piece, ...]) -> Tensor:
-    for a, (g0, ng, p0, n, _) in enumerate(combo):
-        windows = windows.narrow(3 + 2 * a, g0, ng).narrow(4 + 2 * a, p0, n)
-    return windows
+@functools.lru_cache(maxsize=16)
+def _view_index(view: ViewPlan, spatial: tuple[int, ...], device: torch.device) -> tuple[Tensor, ...]:
+    """The index tensors of one view (cached; ``O(∏ S)`` int64, independent of batch and channels).
+
+    Returns:
+        ``(flat, padding, window, column)``: ``flat (G, N)``, the flat voxel index of each window
+        column (0 on padding); ``padding (G, N)`` bool, True on the padding columns, or ``None``;
+        ``window`` and ``column (∏ S,)``, the window and column that hold each voxel.
+    """
+    cpu = torch.device("cpu")  # built on the CPU (also under a meta-device context), then moved
+    d = len(view.axes)
+    strides = [math.prod(spatial[a + 1 :]) for a in range(d)]
+    flat = torch.zeros((1,) * (2 * d), dtype=torch.int64, device=cpu)
+    valid = torch.ones((1,) * (2 * d), dtype=torch.bool, device=cpu)
+    for a, axis in enumerate(view.axes):
+        line = torch.full((axis.frame,), -1, dtype=torch.int64, device=cpu)
+        for dst, src, n in axis.runs:
+            line[dst : dst + n] = torch.arange(src, src + n, device=cpu)
+        shape = [1] * (2 * d)
+        shape[a], shape[d + a] = axis.grid, axis.patch
+        line = line.view(shape)
+        flat = flat + line.clamp_min(0) * strides[a]
+        valid = valid & (line >= 0)
+    full = [a.grid for a in view.axes] + [a.patch for a in view.axes]
+    flat = flat.expand(full).reshape(view.windows, view.columns)
+    valid = valid.expand(full).reshape(view.windows, view.columns)
+    window = torch.arange(view.windows, device=cpu).view(-1, 1).expand(-1, view.columns)[valid]
+    column = torch.arange(view.columns, device=cpu).view(1, -1).expand(view.windows, -1)[valid]
+    voxels = flat[valid]
+    place_window = torch.empty(math.prod(spatial), dtype=torch.int32, device=cpu)
+    place_column = torch.empty(math.prod(spatial), dtype=torch.int32, device=cpu)
+    place_window[voxels] = window.to(torch.int32)
+    place_column[voxels] = column.to(torch.int32)
+    padding = None if bool(valid.all()) else ~valid
+    out = (flat, padding, place_window, place_column)
+    return tuple([t.to(device) if t is not None else None for t in out])
 
 
-def _input_piece(grouped: Tensor, combo: tuple[Piece, ...]) -> Tensor:
-    """The voxels of ``grouped: (B, heads, M, *S)`` that a piece combination covers, window-shaped."""
-    for a, (_, ng, _, n, x0) in enumerate(combo):
-        grouped = grouped.narrow(3 + a, x0, ng * n)
-    for a in reversed(range(len(combo))):
-        _, ng, _, n, _ = combo[a]
-        grouped = grouped.unflatten(3 + a, (ng, n))
-    return grouped
-
-
-def _tracked(t: Tensor) -> bool:
-    return torch.is_grad_enabled() and t.requires_grad
+@functools.lru_cache(maxsize=16)
+def _place(view: ViewPlan, spatial: tuple[int, ...], rows: int, device: torch.device) -> Tensor:
+    """``(∏ S,)`` int64: the position ``g·rows·N + n`` of each voxel's column in its view block."""
+    _, _, window, column = _view_index(view, spatial, device)
+    return window.to(torch.int64) * (rows * view.columns) + column
 
 
 def _scatter(x: Tensor, layout: WindowLayout, scale: float) -> Tensor:
-    """``(B, heads·M, *S) -> scale · matrices (B', M, N)``, zeros on padding."""
+    """``(B, heads·M, *S) -> scale · matrices (B', M, N)``, zeros on padding (one gather per view)."""
+    bh = layout.batch * layout.heads
     rows = x.shape[1] // layout.heads
+    volume = math.prod(layout.spatial)
     out = x.new_empty((layout.matrices, rows, layout.columns))
-    grouped = x.unflatten(1, (layout.heads, rows))
-    fast = scale != 1.0 and not _tracked(x)
+    source = x.reshape(bh, 1, rows, volume)
     offset = 0
     for view in layout.views:
-        count = layout.batch * layout.heads * view.windows
-        windows = _window_view(out[offset : offset + count], layout, view)
-        for combo in itertools.product(*[a.pieces() for a in view.axes]):
-            dst, src = _window_piece(windows, combo), _input_piece(grouped, combo)
-            if fast:
-                torch.mul(src, scale, out=dst)
-            else:
-                dst.copy_(src)
-        for a, axis in enumerate(view.axes):
-            for g0, ng, p0, n in axis.gaps():
-                windows.narrow(3 + 2 * a, g0, ng).narrow(4 + 2 * a, p0, n).zero_()
+        count = bh * view.windows
+        block = out[offset : offset + count].view(bh, view.windows, rows, view.columns)
+        flat, padding, _, _ = _view_index(view, layout.spatial, x.device)
+        index = flat.view(1, view.windows, 1, view.columns).expand(bh, -1, rows, -1)
+        torch.gather(source.expand(-1, view.windows, -1, -1), 3, index, out=block)
+        if padding is not None:
+            block.masked_fill_(padding.view(1, view.windows, 1, view.columns), 0)
         offset += count
-    if scale != 1.0 and not fast:
-        out = out * scale
+    if scale != 1.0:
+        out.mul_(scale)
     return out
+
+
+_CHUNK_ELEMENTS = 1 << 20  # the second and later views are gathered through a reused chunk this size
 
 
 def _gather_sum(matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
-    """``(B', M, N) -> scale · Σ_views (B, heads·M, *S)`` (padding columns dropped)."""
+    """``(B', M, N) -> scale · Σ_views (B, heads·M, *S)`` (padding columns dropped; one gather per view).
+
+    The first view is gathered into the output; the others through a small chunk that stays in
+    cache (no second full-size temporary) and are added (two views with ``scale = 1/2``: one
+    ``lerp``, the mean in one pass).
+    """
+    bh = layout.batch * layout.heads
     rows = matrices.shape[1]
-    out = matrices.new_empty((layout.batch, layout.heads * rows, *layout.spatial))
-    grouped = out.unflatten(1, (layout.heads, rows))
-    fast = not _tracked(matrices)
+    volume = math.prod(layout.spatial)
+    flat = matrices.contiguous()
+    out = flat.new_empty((bh, rows, volume))
+    mean = len(layout.views) == 2 and scale == 0.5
+    step = max(1, _CHUNK_ELEMENTS // (bh * rows))
     offset = 0
-    for index, view in enumerate(layout.views):
-        count = layout.batch * layout.heads * view.windows
-        windows = _window_view(matrices[offset : offset + count], layout, view)
-        for combo in itertools.product(*[a.pieces() for a in view.axes]):
-            dst, src = _input_piece(grouped, combo), _window_piece(windows, combo)
-            if index > 0:
-                dst.add_(src, alpha=scale)
-            elif scale != 1.0 and fast:
-                torch.mul(src, scale, out=dst)
-            elif scale != 1.0:
-                dst.copy_(src * scale)
-            else:
-                dst.copy_(src)
+    for number, view in enumerate(layout.views):
+        count = bh * view.windows
+        size = count * rows * view.columns
+        per = view.windows * rows * view.columns  # one (batch, head)'s block
+        # row m of (b, h) starts m·N into the block: a strided view, read at g·rows·N + n
+        source = flat.view(-1)[offset * rows * view.columns : offset * rows * view.columns + size]
+        source = source.as_strided((bh, rows, per - (rows - 1) * view.columns), (per, view.columns, 1))
+        index = _place(view, layout.spatial, rows, matrices.device).view(1, 1, volume).expand(bh, rows, -1)
+        if number == 0:
+            torch.gather(source, 2, index, out=out)
+        else:
+            for start in range(0, volume, step):
+                part = torch.gather(source, 2, index[..., start : start + step])
+                dst = out[..., start : start + step]
+                if mean:
+                    dst.lerp_(part, 0.5)
+                else:
+                    dst.add_(part)
         offset += count
-    return out
+    if scale != 1.0 and not mean:
+        out.mul_(scale)
+    return out.view(layout.batch, layout.heads * rows, *layout.spatial)
 
 
 def _frame(x: Tensor, view: ViewPlan) -> Tensor:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blocks._layers import CONVS, MAXPOOLS, TRANSPOSED_CONVS, PointwiseConv, accepts, as_tuple
+from ..blocks._layers import MAXPOOLS, TRANSPOSED_CONVS, PointwiseConv, accepts, as_tuple, pointwise
 from ..build import BlockSpec, ConvSpec, as_spec, build_block, build_conv
 from ..registry import register
 from ..spec import Spec
@@ -101,6 +101,34 @@ class Stage(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
+
+
+class _PointwiseHead:
+    """A 1×1 ``ConvNd`` head computed as one matrix product over the channels.
+
+    Same parameters, state dict and initialization as the ``ConvNd``; the conv itself would copy
+    its input to channels-last (a 1×1 weight looks channels-last to the CPU backend), forward
+    and backward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, *S) -> (B, C_out, *S)``."""
+        return pointwise(self.weight.flatten(1), self.bias, x)
+
+
+class _Head1d(_PointwiseHead, nn.Conv1d):
+    pass
+
+
+class _Head2d(_PointwiseHead, nn.Conv2d):
+    pass
+
+
+class _Head3d(_PointwiseHead, nn.Conv3d):
+    pass
+
+
+_HEADS = {1: _Head1d, 2: _Head2d, 3: _Head3d}
 
 
 def _with(spec: Any, key: str, value: Any, kind: str = "block") -> dict:
@@ -279,7 +307,7 @@ class UNetSkeleton(nn.Module):
         #: the stages in network order: encoder levels 0..L-1, then decoder levels L-2..0
         self.stages = nn.ModuleList(stages)
         head_levels = range(deep_supervision) if levels > 1 else [0]
-        self.heads = nn.ModuleList(CONVS[spatial_dims](channels[lv], out_channels, 1) for lv in head_levels)
+        self.heads = nn.ModuleList(_HEADS[spatial_dims](channels[lv], out_channels, 1) for lv in head_levels)
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         size = tuple(x.shape[2:])
