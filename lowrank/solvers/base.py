@@ -351,12 +351,11 @@ class Factorization(nn.Module):
             if rows >= x.shape[0]:
                 out, u0, u, v = self._run(x, mf, dtype, rank, iters, eps)
             else:  # CPU cache blocking: independent matrices, a few MiB at a time
-                parts = [
-                    self._run(
-                        x[i : i + rows], None if mf is None else mf[i : i + rows], dtype, rank, iters, eps
-                    )
-                    for i in range(0, x.shape[0], rows)
-                ]
+                # split, not slicing: backward joins the chunks' gradients in one cat instead of
+                # one zero-filled tensor of X's size per chunk
+                xs = x.split(rows)
+                masks = [None] * len(xs) if mf is None else mf.split(rows)
+                parts = [self._run(xi, mi, dtype, rank, iters, eps) for xi, mi in zip(xs, masks)]
                 out, u0, u, v = (torch.cat(t) for t in zip(*parts))
             if self.training:
                 self.init.observe(u0.detach())
