@@ -41,7 +41,8 @@ A factorization layer maps a batch of matrices ``X: (*batch, M, N)`` to factors
      Hamburger size, 0.04 of the unrolled loop's saved memory) and backward runs the k steps
      again. Families with their own memory-light backward opt out (:meth:`Factorization.recompute`).
    * blocking: on CPU a large batch is processed in chunks of about ``chunk_bytes`` (8 MiB)
-     of X, so the many passes of an iteration stay in the caches (results are identical).
+     of X, so the many passes of an iteration stay in the caches (results are identical, except
+     that a per-call random init (``random``, ``random_train``) draws once per chunk).
 
    With ``grad_steps=k < iters`` the init receives no gradient, so ``init=learned`` requires
    ``grad_steps=None`` (checked at build time).
