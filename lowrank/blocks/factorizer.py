@@ -46,6 +46,17 @@ from ._layers import ChannelLayerNorm, PointwiseConv, channel_standardize, make_
 __all__ = ["Factorizer", "FactorizerMLP"]
 
 
+def _fold_affine(norm: ChannelLayerNorm, proj: PointwiseConv) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``proj ∘ norm``'s affine part as one projection: ``(W diag γ, W β + b)``.
+
+    ``W (γ ⊙ x̂ + β) + b = (W diag γ) x̂ + (W β + b)``; ``W β`` is an element-wise product and a
+    sum (not a counted matmul).
+    """
+    weight = proj.weight * norm.weight.to(proj.weight.dtype)
+    bias = (proj.weight * norm.bias.to(proj.weight.dtype)).sum(1)
+    return weight, bias if proj.bias is None else bias + proj.bias
+
+
 def _inactive(drop: nn.Dropout) -> bool:
     """Whether a dropout layer is the identity now."""
     return drop.p == 0.0 or not drop.training
@@ -165,10 +176,7 @@ class Factorizer(nn.Module):
             or x.shape[1] != norm.channels  # let the norm raise its error
         ):
             return pointwise(proj.weight, proj.bias, norm(x), relu=relu)
-        weight = proj.weight * norm.weight.to(proj.weight.dtype)
-        bias = (proj.weight * norm.bias.to(proj.weight.dtype)).sum(1)  # W β (not a counted matmul)
-        if proj.bias is not None:
-            bias = bias + proj.bias
+        weight, bias = _fold_affine(norm, proj)
         return pointwise(weight, bias, channel_standardize(x, norm.eps), relu=relu)
 
     def _mix_inner(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,9 +215,8 @@ class Factorizer(nn.Module):
         residual added in the last projection's output buffer."""
         mlp = self.mlp
         if self._fusable(x):
-            norm, fc1, fc2 = self.norm2, mlp.fc1, mlp.fc2
-            w1 = fc1.weight * norm.weight.to(fc1.weight.dtype)
-            b1 = (fc1.weight * norm.bias.to(fc1.weight.dtype)).sum(1) + fc1.bias
+            norm, fc2 = self.norm2, mlp.fc2
+            w1, b1 = _fold_affine(norm, mlp.fc1)
             dt = x.dtype
             return fused_mlp(
                 x, w1.to(dt), b1.to(dt), fc2.weight.to(dt), fc2.bias.to(dt), norm.eps, mlp.act.approximate
