@@ -7,7 +7,15 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["abs_max", "compute_dtype", "default_eps", "hash_uniform", "inverse_scale", "resolve_rank"]
+__all__ = [
+    "abs_max",
+    "compute_dtype",
+    "default_eps",
+    "hash_uniform",
+    "inverse_scale",
+    "matrix_scale",
+    "resolve_rank",
+]
 
 _M32 = 0xFFFFFFFF
 
@@ -60,10 +68,16 @@ def abs_max(x: Tensor) -> Tensor:
     return torch.maximum(x.amax(dim=(-2, -1), keepdim=True), -x.amin(dim=(-2, -1), keepdim=True))
 
 
+def matrix_scale(x: Tensor) -> Tensor:
+    """The factorizations' per-matrix scale ``s = max |x|`` over the last two dims, 1 for an
+    all-zero matrix (so dividing by it is always safe), ``(*batch, 1, 1)``; differentiable."""
+    s = abs_max(x)
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
 def inverse_scale(x: Tensor) -> Tensor:
-    """``1 / max |x|`` over the last two dims (1 for an all-zero matrix), detached, ``(*batch, 1, 1)``."""
-    s = abs_max(x.detach())
-    return 1.0 / torch.where(s > 0, s, torch.ones_like(s))
+    """``1 / s`` of :func:`matrix_scale`, detached, ``(*batch, 1, 1)``."""
+    return 1.0 / matrix_scale(x.detach())
 
 
 def compute_dtype(dtype: torch.dtype, fp32: bool = True) -> torch.dtype:

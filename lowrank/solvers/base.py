@@ -88,7 +88,15 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..build import InitSpec, build
-from ._numerics import abs_max, compute_dtype, default_eps, hash_uniform, inverse_scale, resolve_rank
+from ._numerics import (
+    abs_max,
+    compute_dtype,
+    default_eps,
+    hash_uniform,
+    inverse_scale,
+    matrix_scale,
+    resolve_rank,
+)
 from ._parts import Init, Update
 
 __all__ = [
@@ -100,6 +108,7 @@ __all__ = [
     "default_eps",
     "hash_uniform",
     "inverse_scale",
+    "matrix_scale",
     "resolve_rank",
     "run_iterations",
 ]
@@ -403,8 +412,7 @@ class Factorization(nn.Module):
             xc = xc * mf.mT
         if not self.prescale(rank):
             return xc, None
-        scale = abs_max(xc.detach() if self.homogeneous else xc)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = matrix_scale(xc.detach() if self.homogeneous else xc)
         return xc / scale, scale
 
     def _finish(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import abs_max
+from .base import inverse_scale
 
 __all__ = ["rank1_projector_nmf"]
 
@@ -38,8 +38,7 @@ _CHUNK_ELEMENTS = 1 << 20  # X is scaled in chunks of this many elements to form
 
 def _scaled_gram(x: Tensor) -> tuple[Tensor, Tensor]:
     """``K = (X/s)(X/s)ᵀ`` with ``s = max |X|`` per matrix (1 if 0), and ``1/s``; chunked copies."""
-    s = abs_max(x)
-    inv = 1.0 / torch.where(s > 0, s, torch.ones_like(s))
+    inv = inverse_scale(x)
     step = max(1, _CHUNK_ELEMENTS // max(1, x.shape[-1] * x.shape[-2]))
     parts = []
     for xc, ic in zip(x.split(step), inv.split(step)):
@@ -104,16 +103,15 @@ class _Rank1Gram(torch.autograd.Function):
             wbars.append(wbar)
             if t > 0 or full:
                 ubar = torch.bmm(k, wbar.unsqueeze(-1)).squeeze(-1)
-        left = torch.bmm(torch.stack(wbars, -1), torch.stack(us[diff - 1 :: -1] if diff else [], -1).mT)
+        # one column per iteration t = diff-1 .. 0 (reverse order): S = W̄ Uᵀ, with w̄_t and the
+        # iteration's input u (us[t])
+        wbar_cols, u_cols = torch.stack(wbars, -1), torch.stack(us[diff - 1 :: -1], -1)
+        left = torch.bmm(wbar_cols, u_cols.mT)
         if full:
             s = left + left.mT
-        else:  # the first differentiated iteration updates U from a detached V: K's left X only
-            sym = (
-                torch.bmm(torch.stack(wbars[:-1], -1), torch.stack(us[diff - 1 : 0 : -1], -1).mT)
-                if diff > 1
-                else None
-            )
-            s = left if sym is None else left + sym.mT
+        else:  # the first differentiated iteration (the last column) updates U from a detached V:
+            # its term has K's left X only
+            s = left + torch.bmm(wbar_cols[..., :-1], u_cols[..., :-1].mT).mT
         if full and ctx.needs_input_grad[1]:
             u0bar = ubar / inv.squeeze(-1)  # the reverse pass ran on P̄·(1/s)
         gx = None

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..build import InitSpec
 from ..registry import register
-from .base import Factorization, State, compute_dtype
+from .base import Factorization, State, compute_dtype, matrix_scale
 
 __all__ = ["SoftClustering", "VQ", "soft_assign", "unit_columns"]
 
@@ -137,8 +137,7 @@ def _input_scale(x: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
         xc = x.to(dtype)
         if mask is not None:
             xc = xc * mask.to(dtype).unsqueeze(-2)
-        scale = xc.abs().amax(dim=(-2, -1), keepdim=True)
-        return torch.where(scale > 0, scale, torch.ones_like(scale))
+        return matrix_scale(xc)
 
 
 @register("solver", "vq", test_spec="vq(rank=2, iters=2)")
