@@ -6,12 +6,15 @@ models are interleaved over rounds so that load drifts on a shared machine hit a
 the table reports medians over rounds and ratios to SwinUNETR and SegResNet. ``--profile``
 also prints the top forward ops of the Swin Factorizer (``torch.profiler``). ``--baseline DIR``
 also times the Swin Factorizer of another source tree (e.g. ``git archive HEAD lowrank | tar -x
--C DIR``) in the same rounds, as the before/after comparison.
+-C DIR``) in the same rounds, as the before/after comparison. ``--retain-memory`` runs every
+model (and the profile) inside :func:`lowrank.runtime.retain_freed_memory` (glibc keeps freed
+memory for reuse, as ``lowrank train`` does on CPU), so that large activations are not
+page-faulted in again at each step.
 
 Usage::
 
     OMP_NUM_THREADS=2 python bench/bench_nets.py [--rounds 3] [--iters 2] [--size 64] [--profile]
-        [--baseline DIR]
+        [--baseline DIR] [--retain-memory]
 """
 
 from __future__ import annotations
@@ -54,12 +57,17 @@ def build(name: str, size: int):
     raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")
 
 
-def measure(name: str, size: int, iters: int) -> dict:
+def measure(name: str, size: int, iters: int, retain: bool = False) -> dict:
     """Forward+backward median time and peak RSS of one model (call in a fresh process)."""
     import resource
     import time
 
     import torch
+
+    if retain:  # process-wide; this is a fresh process
+        from lowrank.runtime import retain_freed_memory
+
+        retain_freed_memory().__enter__()
 
     torch.manual_seed(0)
     model = build(name, size).train()
@@ -92,8 +100,17 @@ def measure(name: str, size: int, iters: int) -> dict:
     }
 
 
-def profile(size: int, rows: int = 12) -> str:
+def profile(size: int, rows: int = 12, retain: bool = False) -> str:
     """The top forward ops (self CPU time) of the Swin Factorizer."""
+    import contextlib
+
+    from lowrank.runtime import retain_freed_memory
+
+    with retain_freed_memory() if retain else contextlib.nullcontext():
+        return _profile(size, rows)
+
+
+def _profile(size: int, rows: int) -> str:
     import torch
 
     model = build("swin_factorizer", size).eval()
@@ -113,10 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--baseline", help="source tree of a baseline lowrank to time as well")
+    parser.add_argument("--retain-memory", action="store_true", help="glibc keeps freed memory (see above)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(args.one, args.size, args.iters)))
+        print(json.dumps(measure(args.one, args.size, args.iters, args.retain_memory)))
         return
     models = list(args.models) + ([BASELINE] if args.baseline else [])
     results: dict[str, list[dict]] = {m: [] for m in models}
@@ -134,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
                 str(args.size),
                 "--iters",
                 str(args.iters),
-            ]
+            ] + (["--retain-memory"] if args.retain_memory else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             results[name].append(json.loads(out.strip().splitlines()[-1]))
             print(f"round {r}: {results[name][-1]}", file=sys.stderr)
@@ -166,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.profile:
         print("\nSwin Factorizer forward, top ops by self CPU time:\n")
-        print(profile(size))
+        print(profile(size, retain=args.retain_memory))
 
 
 if __name__ == "__main__":

@@ -127,6 +127,14 @@ def add_commands(subparsers) -> None:
         default=None,
         help=f"CPU threads per process (default {d.threads}; 0: torch's default: OMP_NUM_THREADS or cores)",
     )
+    p.add_argument(
+        "--no-retain-memory",
+        dest="retain_memory",
+        action="store_false",
+        default=None,
+        help="on CPU, let the C allocator return freed memory at once (default: keep it for reuse, "
+        "which avoids re-faulting large activations every step)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     p.add_argument(
