@@ -47,6 +47,11 @@ def _scaled_gram(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(parts) if len(parts) > 1 else parts[0], inv
 
 
+def _outer(u: Tensor, row: Tensor) -> Tensor:
+    """``u (B, M)`` times ``row (B, 1, N)``: the rank-1 product ``(B, M, N)`` in one pass."""
+    return u.unsqueeze(-1) * row
+
+
 class _Rank1Gram(torch.autograd.Function):
     """``(X (B, M, N), u0 (B, M)) -> (P X (B, M, N), u_T (B, M))`` for T power iterations.
 
@@ -68,17 +73,17 @@ class _Rank1Gram(torch.autograd.Function):
             ns.append(n)
             us.append(u)
         a = u.square().sum(-1, keepdim=True)
-        p = u.unsqueeze(-1) * u.unsqueeze(-2) / (a + delta).unsqueeze(-1)
-        out = torch.bmm(p, x)
+        c = (u / (a + delta)).unsqueeze(-2)
+        out = _outer(u, torch.bmm(c, x))  # P X = u (cᵀX), P = u cᵀ: no M×M product per column
         first = iters - diff  # index of the first differentiated iteration (0-based)
-        ctx.save_for_backward(x, k, inv, p, *us[first:], *ws[first:], *ns[first:])
+        ctx.save_for_backward(x, k, inv, c, *us[first:], *ws[first:], *ns[first:])
         ctx.iters, ctx.diff, ctx.delta = iters, diff, delta
         ctx.mark_non_differentiable(u)
         return out, u
 
     @staticmethod
     def backward(ctx, g: Tensor, _gu: Tensor | None):
-        x, k, inv, p, *rest = ctx.saved_tensors
+        x, k, inv, c, *rest = ctx.saved_tensors
         diff, delta = ctx.diff, ctx.delta
         us, ws, ns = rest[: diff + 1], rest[diff + 1 : 2 * diff + 1], rest[2 * diff + 1 :]
         full = diff == ctx.iters
@@ -119,9 +124,9 @@ class _Rank1Gram(torch.autograd.Function):
             # K = (X/s)(X/s)ᵀ and the pass ran on P̄/s: dX = P G + (S/s) X
             s = s * inv
             if column:
-                gx = torch.baddbmm(torch.bmm(p, g1).expand_as(x), s, x)
+                gx = torch.baddbmm(_outer(u, torch.bmm(c, g1)).expand_as(x), s, x)
             else:
-                gx = torch.bmm(p, g)
+                gx = _outer(u, torch.bmm(c, g))
                 gx.baddbmm_(s, x)
         return gx, u0bar, None, None, None
 
