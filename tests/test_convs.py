@@ -405,3 +405,39 @@ def test_torch_compile_fullgraph(cls):
     out.sum().backward()
     assert torch.allclose(out, module(x), atol=1e-5)
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": 3, "stride": 2, "padding": 1, "bias": False},
+        {"kernel_size": [3, 1, 3], "dilation": 2, "padding": [2, 0, 2]},
+    ],
+)
+def test_dense_conv3d_small_input_runs_onednn_and_matches_the_native_conv(kwargs):
+    """1×4×12³ is under PyTorch's oneDNN size heuristic: DenseConv calls oneDNN itself (the
+    native slow_conv3d is 2.6× slower on a net's stem); values and gradients are the conv's."""
+    torch.manual_seed(0)
+    kwargs = dict(kwargs)
+    layer = lowrank.build_conv("dense", 4, 6, kwargs.pop("kernel_size"), spatial_dims=3, **kwargs)
+    x = torch.randn(1, 4, 12, 12, 12, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        y = layer(x)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in ops and "aten::slow_conv3d_forward" not in ops
+    conv = layer.conv
+    ref = F.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+    g = torch.randn_like(ref)
+    params = [x, conv.weight] + ([conv.bias] if conv.bias is not None else [])
+    got, want = torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # float64, a batch of 2 or autocast take the module's own path
+    with torch.profiler.profile() as prof:
+        layer(x.detach()[:, :, :8].repeat(2, 1, 1, 1, 1))
+    assert "aten::mkldnn_convolution" in {e.key for e in prof.key_averages()}  # PyTorch's own choice
+    layer64 = copy.deepcopy(layer).double()
+    torch.testing.assert_close(layer64(x.double()).float(), ref, rtol=1e-4, atol=1e-5)
