@@ -188,8 +188,20 @@ class Factorizer(nn.Module):
             h = self.mixer_act(self._normed(self.norm1, self.in_proj, x))
         matrices, ctx = self.matricize(h)
         mask = getattr(ctx, "mask", None)
+        factors = self._rank1_factors(matrices, mask)
+        if factors is not None:  # inference, rank 1: fold the factors, never the (B', M, N) product
+            return self.matricize.inverse_rank1(*factors, ctx)
         matrices = self.mixer(matrices) if mask is None else self.mixer(matrices, mask=mask)
         return self.matricize.inverse(matrices, ctx)
+
+    def _rank1_factors(self, matrices: torch.Tensor, mask: torch.Tensor | None):
+        """The mixer's rank-1 factors ``(u, w)`` without gradient, or ``None`` (the usual path)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None
+        rank1 = getattr(self.mixer, "rank1_factors", None)
+        if rank1 is None or getattr(self.matricize, "inverse_rank1", None) is None:
+            return None
+        return rank1(matrices, mask)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The mixer branch (without the residual): ``(B, C, *S) -> (B, C, *S)``."""

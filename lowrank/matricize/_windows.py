@@ -255,6 +255,40 @@ def from_windows(matrices: Tensor, layout: WindowLayout, scale: float = 1.0) -> 
     return _FromWindows.apply(matrices, layout, scale)
 
 
+def _fold_rank1(u: Tensor, w: Tensor, layout: WindowLayout) -> Tensor:
+    """``u (B', M), w (B', N) -> mean over views of the folded u wᵀ``, ``(B, heads·M, *S)``."""
+    batch, heads, rows = layout.batch, layout.heads, u.shape[1]
+    channels, volume = heads * rows, math.prod(layout.spatial)
+    out = u.new_empty((batch, volume, heads, rows))
+    step = max(1, _CHUNK_ELEMENTS // (batch * channels))
+    offset = 0
+    for number, view in enumerate(layout.views):
+        count = batch * heads * view.windows
+        _, _, window, _ = _view_index(view, layout.spatial, u.device)
+        # u as a (B, windows, heads·M) table: each voxel looks up its window's row (channels last)
+        table = u[offset : offset + count].view(batch, heads, view.windows, rows).transpose(1, 2)
+        table = table.reshape(batch, view.windows, channels)
+        # each voxel's own entry of w: (B·heads, windows·N) -> (B, ∏S, heads, 1)
+        place = _place(view, layout.spatial, 1, u.device)
+        entry = w[offset : offset + count].reshape(batch * heads, -1).index_select(1, place)
+        entry = entry.view(batch, heads, volume).transpose(1, 2).contiguous().unsqueeze(-1)
+        if number == 0:  # straight into the output
+            torch.index_select(table, 1, window, out=out.view(batch, volume, channels))
+            out.mul_(entry)
+        else:  # through one reused chunk that stays in cache: no second output-sized temporary
+            part = u.new_empty((batch, min(step, volume), channels))
+            for start in range(0, volume, step):
+                ids, stop = window[start : start + step], start + step
+                piece = part if len(ids) == part.shape[1] else part.new_empty((batch, len(ids), channels))
+                torch.index_select(table, 1, ids, out=piece)
+                out[:, start:stop].addcmul_(piece.view(batch, -1, heads, rows), entry[:, start:stop])
+        offset += count
+    if len(layout.views) > 1:
+        out.mul_(1.0 / len(layout.views))
+    # channels last: (B, ∏S, C) seen as (B, C, *S) with channel stride 1
+    return out.view(batch, volume, channels).transpose(1, 2).view(batch, channels, *layout.spatial)
+
+
 def _view_valid(view: ViewPlan, device: torch.device) -> Tensor:
     """``(G, N)`` bool: which window columns of one view hold an input voxel."""
     d = len(view.axes)
@@ -370,5 +404,22 @@ class WindowMatricize(Matricize):
         check_matrices(self._name, matrices, ctx, layout.matrices, layout.columns)
         return from_windows(matrices, layout, 1.0 / len(layout.views))
 
-    def extra_repr(self) -> str:
-        return ""
+    def inverse_rank1(self, u: Tensor, w: Tensor, ctx: MatricizeContext) -> Tensor:
+        """``inverse(u wᵀ)`` written straight from the factors (no ``(B', M, N)`` product).
+
+        Each voxel takes its window's ``u`` (a row lookup in a ``(B, windows, C)`` table) times
+        its own entry of ``w``, averaged over the views: one pass over the output per view. The
+        result is channels-last (``(B, C, *S)`` with channel stride 1). Without gradient only
+        (inference); with autograd, under ``torch.compile`` or off the supported shapes the
+        product is formed and folded back as in :meth:`inverse`.
+        """
+        layout: WindowLayout = ctx.layout
+        if (
+            (torch.is_grad_enabled() and (u.requires_grad or w.requires_grad))
+            or torch.compiler.is_compiling()
+            or u.dim() != 2
+            or w.shape != (layout.matrices, layout.columns)
+            or u.shape[0] != layout.matrices
+        ):
+            return super().inverse_rank1(u, w, ctx)
+        return _fold_rank1(u, w, layout)

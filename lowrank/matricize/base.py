@@ -5,6 +5,7 @@ matrices and back:
 
 - ``forward(x) -> (matrices (B', M, N), ctx)``;
 - ``inverse(matrices, ctx) -> (B, C, *S)``, exact: ``inverse(*forward(x)) == x``;
+- ``inverse_rank1(u, w, ctx)``: ``inverse(u wᵀ, ctx)`` from the factors of rank-1 matrices;
 - ``component_map(factors, ctx) -> (B, heads * R, *S)``: the spatial factor of each matrix
   (``V`` of ``U Vᵀ`` for the spatial views) put back in space, for interpretability figures.
 
@@ -238,6 +239,23 @@ class Matricize(nn.Module):
     def inverse(self, matrices: Tensor, ctx: MatricizeContext) -> Tensor:  # pragma: no cover
         """``matrices: (B', M, N) -> (B, C, *S)``."""
         raise NotImplementedError
+
+    def inverse_rank1(self, u: Tensor, w: Tensor, ctx: MatricizeContext) -> Tensor:
+        """``inverse(u wᵀ)``: the inverse of rank-1 matrices given by their factors.
+
+        The default forms the ``(B', M, N)`` product; windowed views override it to write the
+        map straight from the factors (no product and no window-to-voxel copy of it).
+
+        Args:
+            u: ``(B', M)``.
+            w: ``(B', N)``.
+            ctx: the context of the forward pass that made the matrices.
+
+        Returns:
+            ``(B, C, *S)``, equal to ``inverse(u[..., None] * w[..., None, :], ctx)`` (possibly
+            in a channels-last memory layout).
+        """
+        return self.inverse(u.unsqueeze(-1) * w.unsqueeze(-2), ctx)
 
     def component_map(self, factors: Tensor | Sequence[Tensor], ctx: MatricizeContext) -> Tensor:
         """Put the spatial factor of each matrix back in space (for component figures).

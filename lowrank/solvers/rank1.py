@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .base import inverse_scale
 
-__all__ = ["rank1_projector_nmf"]
+__all__ = ["rank1_projector_nmf", "rank1_factors"]
 
 
 def _normalize(w: Tensor, delta: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -47,6 +47,25 @@ def _scaled_gram(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(parts) if len(parts) > 1 else parts[0], inv
 
 
+def _power(x: Tensor, u0: Tensor, iters: int, delta: float):
+    """The forward iteration: ``(K, 1/s, [u_0..u_T], [w_1..w_T], [n_1..n_T])``."""
+    k, inv = _scaled_gram(x)
+    us, ws, ns = [u0], [], []
+    u = u0
+    for _ in range(iters):
+        w = torch.bmm(k, u.unsqueeze(-1)).squeeze(-1)
+        u, _, n = _normalize(w, delta)
+        ws.append(w)
+        ns.append(n)
+        us.append(u)
+    return k, inv, us, ws, ns
+
+
+def _row(u: Tensor, delta: float) -> Tensor:
+    """``cᵀ = uᵀ / (‖u‖² + δ)``, ``(B, 1, M)``: ``P = u cᵀ``."""
+    return (u / (u.square().sum(-1, keepdim=True) + delta)).unsqueeze(-2)
+
+
 def _outer(u: Tensor, row: Tensor) -> Tensor:
     """``u (B, M)`` times ``row (B, 1, N)``: the rank-1 product ``(B, M, N)`` in one pass."""
     return u.unsqueeze(-1) * row
@@ -63,17 +82,8 @@ class _Rank1Gram(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, u0: Tensor, iters: int, diff: int, eps: float):
         delta = eps * eps
-        k, inv = _scaled_gram(x)
-        us, ws, ns = [u0], [], []
-        u = u0
-        for _ in range(iters):
-            w = torch.bmm(k, u.unsqueeze(-1)).squeeze(-1)
-            u, _, n = _normalize(w, delta)
-            ws.append(w)
-            ns.append(n)
-            us.append(u)
-        a = u.square().sum(-1, keepdim=True)
-        c = (u / (a + delta)).unsqueeze(-2)
+        k, inv, us, ws, ns = _power(x, u0, iters, delta)
+        u, c = us[-1], _row(us[-1], delta)
         out = _outer(u, torch.bmm(c, x))  # P X = u (cᵀX), P = u cᵀ: no M×M product per column
         first = iters - diff  # index of the first differentiated iteration (0-based)
         ctx.save_for_backward(x, k, inv, c, *us[first:], *ws[first:], *ns[first:])
@@ -153,3 +163,28 @@ def rank1_projector_nmf(
     batch, (m, n) = x.shape[:-2], x.shape[-2:]
     out, u = _Rank1Gram.apply(x.reshape(-1, m, n), u0.reshape(-1, m), iters, diff, eps)
     return out.reshape(*batch, m, n), u.reshape(*batch, m)
+
+
+def rank1_factors(x: Tensor, u0: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
+    """The rank-1 reconstruction as its two factors, without gradient: ``P X = u wᵀ``.
+
+    Same iteration and arithmetic as :func:`rank1_projector_nmf` (``u wᵀ`` equals its output
+    bitwise), for callers that can use the factors without forming the ``(M, N)`` product
+    (a windowed matricizer's inverse).
+
+    Args:
+        x: ``(*batch, M, N)``, scaled, masked, >= 0.
+        u0: ``(*batch, M)`` the initial left factor.
+        iters: T.
+        eps: the guard.
+
+    Returns:
+        ``(u (*batch, M), w (*batch, N))`` with ``w = Xᵀu / (‖u‖² + eps²)``.
+    """
+    batch, (m, n) = x.shape[:-2], x.shape[-2:]
+    with torch.no_grad():
+        flat = x.reshape(-1, m, n)
+        delta = eps * eps
+        u = _power(flat, u0.reshape(-1, m), iters, delta)[2][-1]
+        w = torch.bmm(_row(u, delta), flat)
+    return u.reshape(*batch, m), w.reshape(*batch, n)
