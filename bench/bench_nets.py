@@ -6,10 +6,10 @@ models are interleaved over rounds so that load drifts on a shared machine hit a
 the table reports medians over rounds and ratios to SwinUNETR and SegResNet. ``--profile``
 also prints the top forward ops of the Swin Factorizer (``torch.profiler``). ``--baseline DIR``
 also times the Swin Factorizer of another source tree (e.g. ``git archive HEAD lowrank | tar -x
--C DIR``) in the same rounds, as the before/after comparison. ``--retain-memory`` runs every
-model (and the profile) inside :func:`lowrank.runtime.retain_freed_memory` (glibc keeps freed
-memory for reuse, as ``lowrank train`` does on CPU), so that large activations are not
-page-faulted in again at each step.
+-C DIR``) in the same rounds, as the before/after comparison. ``--retain-memory`` starts every
+model's process (and the profile's) with glibc's malloc tunables
+:data:`lowrank.runtime.ALLOCATOR_ENV` (freed memory reused, as ``lowrank train`` runs), so that
+large activations are not page-faulted in again at each step.
 
 Usage::
 
@@ -57,17 +57,12 @@ def build(name: str, size: int):
     raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")
 
 
-def measure(name: str, size: int, iters: int, retain: bool = False) -> dict:
+def measure(name: str, size: int, iters: int) -> dict:
     """Forward+backward median time and peak RSS of one model (call in a fresh process)."""
     import resource
     import time
 
     import torch
-
-    if retain:  # process-wide; this is a fresh process
-        from lowrank.runtime import retain_freed_memory
-
-        retain_freed_memory().__enter__()
 
     torch.manual_seed(0)
     model = build(name, size).train()
@@ -100,17 +95,8 @@ def measure(name: str, size: int, iters: int, retain: bool = False) -> dict:
     }
 
 
-def profile(size: int, rows: int = 12, retain: bool = False) -> str:
+def profile(size: int, rows: int = 12) -> str:
     """The top forward ops (self CPU time) of the Swin Factorizer."""
-    import contextlib
-
-    from lowrank.runtime import retain_freed_memory
-
-    with retain_freed_memory() if retain else contextlib.nullcontext():
-        return _profile(size, rows)
-
-
-def _profile(size: int, rows: int) -> str:
     import torch
 
     model = build("swin_factorizer", size).eval()
@@ -132,10 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", help="source tree of a baseline lowrank to time as well")
     parser.add_argument("--retain-memory", action="store_true", help="glibc keeps freed memory (see above)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one:
-        print(json.dumps(measure(args.one, args.size, args.iters, args.retain_memory)))
+    if args.profile_only:
+        print(profile(args.size))
         return
+    if args.one:
+        print(json.dumps(measure(args.one, args.size, args.iters)))
+        return
+    from lowrank.runtime import ALLOCATOR_ENV, allocator_env_active
+
     models = list(args.models) + ([BASELINE] if args.baseline else [])
     results: dict[str, list[dict]] = {m: [] for m in models}
     for r in range(args.rounds):
@@ -152,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
                 str(args.size),
                 "--iters",
                 str(args.iters),
-            ] + (["--retain-memory"] if args.retain_memory else [])
+            ]
+            if args.retain_memory:
+                env.update(ALLOCATOR_ENV)
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             results[name].append(json.loads(out.strip().splitlines()[-1]))
             print(f"round {r}: {results[name][-1]}", file=sys.stderr)
@@ -184,7 +178,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.profile:
         print("\nSwin Factorizer forward, top ops by self CPU time:\n")
-        print(profile(size, retain=args.retain_memory))
+        if args.retain_memory and not allocator_env_active():  # the profile runs in a child too
+            cmd = [sys.executable, __file__, "--profile-only", "--size", str(size)]
+            env = {**os.environ, **ALLOCATOR_ENV}
+            print(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+        else:
+            print(profile(size))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lowrank`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = argv is None  # run from the shell (not called from Python)
     try:
         return int(args.func(args) or 0)
     except SpecError as err:

@@ -2,93 +2,75 @@
 
 PyTorch's CPU allocator takes every tensor from ``malloc`` and frees it at once. glibc serves
 blocks of 32 MiB and more (a 32-channel 64³ float map is one) with a fresh ``mmap`` and returns
-them with ``munmap``, and trims the top of its heap after large frees. So on every step each large
-activation is page-faulted in again: the first op writing it pays about a page fault per 4 KiB.
-On the 2-core VM of ``bench/README.md`` that is ~0.5 ms per MiB — a 70 MiB window buffer costs
-35 ms before a byte is copied, and a Swin Factorizer training step spends a third of its time in
-faults.
+them with ``munmap``, and trims the top of its heap after large frees; PyTorch's 64-byte aligned
+requests also fragment the heap so that a freed block often cannot serve the next request of
+the same size. So on every step most large activations are page-faulted in again, and the
+first op that writes one pays a fault per 4 KiB page. On the 2-core VM of ``bench/README.md``
+that is ~0.5 ms per MiB: a Swin Factorizer training step at 1×4×64³ spends a third of its time
+in the kernel (0.45M faults per step).
 
-:func:`retain_freed_memory` asks glibc to serve every block from its heap and never to trim it,
-so freed memory is reused warm: the process keeps its peak footprint until the context exits
-(then the defaults come back and the heap is trimmed). ``lowrank train`` uses it on CPU
-(``--no-retain-memory`` to opt out). It is process-wide: a library call should not switch it on
-behind its caller's back, hence a context manager that the caller opts into. Elsewhere than
-glibc (macOS, Windows, musl) it does nothing. ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's transparent
-huge pages, read once at start-up) is an environment alternative with a similar effect on faults.
+glibc reads its tunables once, at process start: with :data:`ALLOCATOR_ENV` (no ``mmap``, no
+trimming, the heap grown 256 MiB at a time) freed memory is reused warm and the same step takes
+no fault at all (3.0 → 2.3 s). Setting them with ``mallopt`` in a running process does not work
+as well (the heap already holds the interpreter's blocks; measured slower than the default in
+some runs), so :func:`reexec_with_allocator_env` restarts the process itself with the variables
+set: ``lowrank train`` and ``lowrank predict`` do this on glibc unless ``--no-retain-memory`` is
+given or the variables are already set. The process keeps its peak footprint until it exits.
+Elsewhere (macOS, Windows, musl) nothing changes. In your own scripts, export the variables
+(``export $(python -m lowrank.runtime)``) or set ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's
+transparent huge pages: 4 KiB faults become 2 MiB ones).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
-import functools
+import os
 import platform
-from collections.abc import Iterator
+import sys
+from collections.abc import Sequence
 
-__all__ = ["retain_freed_memory", "glibc_malloc"]
+__all__ = ["ALLOCATOR_ENV", "allocator_env_active", "glibc", "reexec_with_allocator_env"]
 
-# mallopt parameters (malloc.h) and glibc's defaults
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_TOP_PAD, _DEFAULT_MMAP_MAX = 128 * 1024, 128 * 1024, 65536
-#: retained: no trimming below 2 GiB of free heap top; the heap grows 64 MiB at a time
-_RETAIN_TRIM_THRESHOLD, _RETAIN_TOP_PAD = 2**31 - 1, 64 << 20
-
-_active = 0  # nesting depth of retain_freed_memory contexts that changed the settings
-
-
-@functools.lru_cache(maxsize=1)
-def glibc_malloc() -> ctypes.CDLL | None:
-    """The C library when it is glibc with ``mallopt`` and ``malloc_trim``, else ``None``."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
-        return None
-    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return libc
+#: glibc malloc tunables of a run: serve every block from the heap, never trim it, grow it
+#: 256 MiB at a time (only touched pages count towards the resident size)
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+    "MALLOC_TOP_PAD_": str(256 << 20),
+}
+#: set in the restarted process (and to opt out: any value stops the restart)
+MARKER = "LOWRANK_ALLOCATOR_ENV"
 
 
-def _set(libc: ctypes.CDLL, mmap_max: int, trim: int, top_pad: int) -> bool:
-    ok = libc.mallopt(_M_MMAP_MAX, mmap_max) == 1
-    ok &= libc.mallopt(_M_TRIM_THRESHOLD, trim) == 1
-    return ok & (libc.mallopt(_M_TOP_PAD, top_pad) == 1)
+def glibc() -> bool:
+    """Whether this process runs on Linux with glibc (whose malloc reads :data:`ALLOCATOR_ENV`)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
-@contextlib.contextmanager
-def retain_freed_memory(enabled: bool = True) -> Iterator[bool]:
-    """Keep freed memory in the process heap for reuse while the context is active (glibc).
+def allocator_env_active() -> bool:
+    """Whether this process started with every variable of :data:`ALLOCATOR_ENV` set."""
+    return all(os.environ.get(key) is not None for key in ALLOCATOR_ENV)
+
+
+def reexec_with_allocator_env(argv: Sequence[str] | None = None) -> None:
+    """Restart this process with :data:`ALLOCATOR_ENV` set (glibc; at most once; else a no-op).
+
+    Call it first thing in a command-line entry point, before any work: the process image is
+    replaced (same PID, arguments and environment plus the tunables), so a ``torchrun`` worker
+    stays the same worker. Nothing happens off glibc, when the variables are already set, or
+    when ``LOWRANK_ALLOCATOR_ENV`` is set (the restarted process has it; set it to opt out).
 
     Args:
-        enabled: ``False`` makes the context a no-op (for a ``--no-retain-memory`` switch).
-
-    Yields:
-        Whether the setting is in effect (``False`` off glibc or when disabled).
-
-    Example::
-
-        with retain_freed_memory():
-            for batch in loader:
-                train_step(batch)
+        argv: the command line to run again; default ``sys.orig_argv`` (the interpreter and
+            its own options included).
     """
-    global _active
-    libc = glibc_malloc() if enabled else None
-    if libc is None:
-        yield False
+    if not glibc() or allocator_env_active() or os.environ.get(MARKER) is not None:
         return
-    if _active == 0 and not _set(libc, 0, _RETAIN_TRIM_THRESHOLD, _RETAIN_TOP_PAD):
-        _set(libc, _DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD, _DEFAULT_TOP_PAD)
-        yield False
-        return
-    _active += 1
-    try:
-        yield True
-    finally:
-        _active -= 1
-        if _active == 0:
-            _set(libc, _DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD, _DEFAULT_TOP_PAD)
-            libc.malloc_trim(0)
+    args = list(sys.orig_argv if argv is None else argv)
+    env = {**os.environ, **ALLOCATOR_ENV, MARKER: "1"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, args, env)
+
+
+if __name__ == "__main__":  # `export $(python -m lowrank.runtime)`
+    print(" ".join(f"{key}={value}" for key, value in ALLOCATOR_ENV.items()))

@@ -1,84 +1,76 @@
-"""``lowrank.runtime.retain_freed_memory``: glibc keeps freed blocks in its heap, then lets go."""
+"""``lowrank.runtime``: the process restarts itself once with glibc's malloc tunables."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from lowrank.runtime import glibc_malloc, retain_freed_memory
+from lowrank.runtime import ALLOCATOR_ENV, MARKER, glibc, reexec_with_allocator_env
 
-# run in a fresh interpreter: the malloc settings are process-wide
+# the probe restarts itself (same command line), then reports its environment and the page
+# faults taken by each of six 64 MiB tensors allocated and freed in turn
 PROBE = textwrap.dedent(
     """
-    import ctypes, json, torch
-    from lowrank.runtime import retain_freed_memory
+    import json, os, resource, sys
+    import torch
+    from lowrank.runtime import reexec_with_allocator_env
 
-    class Info(ctypes.Structure):  # struct mallinfo2 (glibc >= 2.33)
-        _fields_ = [(n, ctypes.c_size_t) for n in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-            "uordblks", "fordblks", "keepcost")]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = Info
-
-    def rss_mib():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096 >> 20
-
-    def cycle():
-        t = torch.ones(64 << 18)  # 64 MiB
-        mapped = libc.mallinfo2().hblkhd  # bytes in mmap-ed blocks while it lives
-        del t
-        return {"mapped_mib": mapped >> 20, "free_heap_mib": libc.mallinfo2().fordblks >> 20,
-                "rss_mib": rss_mib()}
-
-    out = {"before": cycle()}
-    with retain_freed_memory() as on:
-        out["on"] = on
-        out["inside"] = cycle()
-        with retain_freed_memory() as nested:
-            out["nested"] = nested
-        out["after_nested"] = cycle()
-    out["released_rss_mib"] = rss_mib()
-    print(json.dumps(out))
+    reexec_with_allocator_env()
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    taken = []
+    for _ in range(6):  # 64 MiB, used and freed
+        before = faults()
+        torch.ones(16 << 20).sum()
+        taken.append(faults() - before)
+    print(json.dumps({"env": {k: os.environ.get(k) for k in %r}, "marker": os.environ.get(%r),
+                      "pid": os.getpid(), "faults": taken}))
     """
 )
 
 
-@pytest.mark.skipif(glibc_malloc() is None, reason="glibc only")
-def test_freed_memory_is_kept_in_the_heap_inside_the_context_only():
-    import json
-
-    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["on"] and out["nested"]
-    # default glibc: a 64 MiB tensor is an mmap-ed block, returned at once
-    assert out["before"]["mapped_mib"] >= 64 and out["before"]["free_heap_mib"] < 64
-    # inside: served from the heap and kept there after the free (also after a nested exit)
-    for key in ("inside", "after_nested"):
-        assert out[key]["mapped_mib"] < 64 and out[key]["free_heap_mib"] >= 64, key
-    # kept: resident after the free; on exit the heap is trimmed (the pages go back)
-    assert out["after_nested"]["rss_mib"] - out["released_rss_mib"] >= 48
+def _probe(env: dict[str, str]) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV and k != MARKER}
+    code = PROBE % (list(ALLOCATOR_ENV), MARKER)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**clean, **env}
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1, out.stdout  # ran to the end once (the first image was replaced)
+    return json.loads(lines[0])
 
 
-def test_disabled_or_unsupported_is_a_no_op():
-    with retain_freed_memory(enabled=False) as on:
-        assert on is False
+@pytest.mark.skipif(not glibc(), reason="glibc only")
+def test_restart_sets_the_tunables_once_and_freed_memory_is_reused():
+    done = _probe({})
+    assert done["env"] == ALLOCATOR_ENV and done["marker"] == "1"
+    # once the heap has grown, a new 64 MiB tensor reuses freed memory: no page faults
+    assert min(done["faults"][-3:]) < 1000, done
+    # opting out (or the variables already set) runs the program as it is
+    plain = _probe({MARKER: "0"})
+    assert plain["env"] == dict.fromkeys(ALLOCATOR_ENV) and plain["marker"] == "0"
+    assert min(plain["faults"]) > 10000  # glibc's default: mmap-ed afresh, 16384 pages faulted in
 
 
-def test_train_config_and_cli_expose_the_switch():
-    from lowrank.train.cli import add_commands
-    from lowrank.train.config import TrainConfig
+def test_no_restart_when_the_variables_are_set(monkeypatch):
+    for key, value in ALLOCATOR_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv(MARKER, raising=False)
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("restarted"))
+    reexec_with_allocator_env()
 
-    assert TrainConfig().retain_memory is True
-    import argparse
 
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "--no-retain-memory"])
-    assert args.retain_memory is False
-    assert parser.parse_args(["train"]).retain_memory is None  # the config's default applies
+def test_cli_restarts_only_from_the_shell(monkeypatch):
+    from lowrank.cli import main
+
+    calls = []
+    monkeypatch.setattr("lowrank.runtime.reexec_with_allocator_env", lambda *a: calls.append(a))
+    # called from Python with arguments: never restarts (an error exit is fine here)
+    main(["train", "--steps", "0"])
+    assert calls == []

@@ -36,6 +36,7 @@ def _clean_errors(handler):
 
 @_clean_errors
 def _train(args: argparse.Namespace) -> int:
+    _retain_memory(args)
     import dataclasses
     import json
     from pathlib import Path
@@ -65,6 +66,7 @@ def _train(args: argparse.Namespace) -> int:
 
 @_clean_errors
 def _predict(args: argparse.Namespace) -> int:
+    _retain_memory(args)
     from .predict import predict_file
 
     seg = predict_file(
@@ -87,6 +89,24 @@ def _evaluate(args: argparse.Namespace) -> int:
         mean = sum(m["dice"] for m in metrics.values()) / len(metrics)
         print(f"{'mean':<14}{mean:>8.4f}")
     return 0
+
+
+def _add_memory_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-retain-memory",
+        action="store_true",
+        help="keep glibc's default allocator settings (default: the process restarts itself once with "
+        "malloc tunables that reuse freed memory instead of page-faulting large tensors in again at "
+        "every step; see lowrank.runtime)",
+    )
+
+
+def _retain_memory(args: argparse.Namespace) -> None:
+    """From the shell, restart once with the allocator tunables (never when called from Python)."""
+    if getattr(args, "command_line", False) and not args.no_retain_memory:
+        from ..runtime import reexec_with_allocator_env
+
+        reexec_with_allocator_env()
 
 
 def add_commands(subparsers) -> None:
@@ -127,14 +147,7 @@ def add_commands(subparsers) -> None:
         default=None,
         help=f"CPU threads per process (default {d.threads}; 0: torch's default: OMP_NUM_THREADS or cores)",
     )
-    p.add_argument(
-        "--no-retain-memory",
-        dest="retain_memory",
-        action="store_false",
-        default=None,
-        help="on CPU, let the C allocator return freed memory at once (default: keep it for reuse, "
-        "which avoids re-faulting large activations every step)",
-    )
+    _add_memory_flag(p)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     p.add_argument(
@@ -192,6 +205,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lowrank")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
+    args.command_line = argv is None
     return int(args.func(args) or 0)
 
 

@@ -51,11 +51,6 @@ class TrainConfig:
             default Swin Factorizer: none) but loses up to 8x as soon as other processes
             compete for the cores (``bench/README.md``, "Training"). ``None`` (or 0): torch's
             default (``OMP_NUM_THREADS`` or the physical cores).
-        retain_memory: on CPU, keep freed memory in the heap for reuse during the run
-            (:func:`lowrank.runtime.retain_freed_memory`, glibc only): large activations are
-            then not page-faulted in again at every step (a default Swin Factorizer step at
-            1×4×64³: 3.3 → 2.2 s on the machine of ``bench/README.md``); the process keeps its
-            peak memory until the run ends.
         out: run folder.
         resume: continue from ``out/checkpoint.pt``.
         seed: the seed of patches, augmentation and initialization.
@@ -82,7 +77,6 @@ class TrainConfig:
     amp: str | None = None
     device: str | None = None
     threads: int | None = 1
-    retain_memory: bool = True
     out: str = "runs/default"
     resume: bool = False
     seed: int = 0

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -26,7 +25,6 @@ import torch
 from torch import nn
 
 from .. import build_net
-from ..runtime import retain_freed_memory
 from ..spec import SpecError
 from . import distributed as D
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, net_info, save_checkpoint
@@ -172,18 +170,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """
     threads = torch.get_num_threads()
     try:
-        with contextlib.ExitStack() as run:
-            return _train(cfg, run)
+        return _train(cfg)
     finally:
         torch.set_num_threads(threads)  # --threads applies to this run only
 
 
-def _train(cfg: TrainConfig, run: contextlib.ExitStack) -> dict[str, Any]:
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     info, device = D.setup(cfg.device)
-    if device.type == "cpu":  # reuse freed memory for this run only (glibc; see lowrank.runtime)
-        run.enter_context(retain_freed_memory(cfg.retain_memory))
     if device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif device.type == "cpu" and info.enabled and "OMP_NUM_THREADS" not in os.environ:
