@@ -186,22 +186,45 @@ class Factorizer(nn.Module):
             h = self._normed(self.norm1, self.in_proj, x, relu=True)
         else:
             h = self.mixer_act(self._normed(self.norm1, self.in_proj, x))
-        matrices, ctx = self.matricize(h)
+        matrices, ctx = self._matrices(h)
         mask = getattr(ctx, "mask", None)
         factors = self._rank1_factors(matrices, mask)
-        if factors is not None:  # inference, rank 1: fold the factors, never the (B', M, N) product
+        if factors is not None:
             return self.matricize.inverse_rank1(*factors, ctx)
+        if not isinstance(matrices, torch.Tensor):  # the mixer declined: the usual call
+            matrices, ctx = self.matricize(h)
         matrices = self.mixer(matrices) if mask is None else self.mixer(matrices, mask=mask)
         return self.matricize.inverse(matrices, ctx)
 
-    def _rank1_factors(self, matrices: torch.Tensor, mask: torch.Tensor | None):
-        """The mixer's rank-1 factors ``(u, w)`` without gradient, or ``None`` (the usual path)."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return None
-        rank1 = getattr(self.mixer, "rank1_factors", None)
-        if rank1 is None or getattr(self.matricize, "inverse_rank1", None) is None:
-            return None
-        return rank1(matrices, mask)
+    def _inference_fold(self) -> bool:
+        """Whether a rank-1 mixer may hand back factors for the matricizer to fold: no autograd,
+        no compile, and no hooks on the two modules (their calls are skipped)."""
+        parts = [m for m in (self.matricize, self.mixer) if isinstance(m, nn.Module)]
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in parts)
+        return (
+            not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+            and not hooked
+            and getattr(self.mixer, "rank1_factors", None) is not None
+            and getattr(self.matricize, "inverse_rank1", None) is not None
+        )
+
+    def _matrices(self, h: torch.Tensor):
+        """``matricize(h)``; for the inference fold, lazy windows (gathered a chunk at a time)."""
+        lazy = getattr(self.matricize, "lazy", None)
+        if lazy is not None and self._inference_fold():
+            matrices = lazy(h)
+            return matrices, matrices.ctx
+        return self.matricize(h)
+
+    def _rank1_factors(self, matrices, mask: torch.Tensor | None):
+        """Without gradient, a rank-1 mixer's output as factors ``(u, w)``, or ``None``.
+
+        With them the ``(B', M, N)`` product is never formed: the matricizer folds ``u wᵀ`` back
+        (``inverse_rank1``); with lazy windows no window tensor exists either (the mixer solves
+        each cache-sized chunk of windows as it is gathered).
+        """
+        return self.mixer.rank1_factors(matrices, mask) if self._inference_fold() else None
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The mixer branch (without the residual): ``(B, C, *S) -> (B, C, *S)``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..registry import register
-from ._windows import WindowMatricize
+from ._window_matricize import WindowMatricize
 from .base import DTYPES
 
 __all__ = ["SwinMatricize"]

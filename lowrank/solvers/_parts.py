@@ -14,10 +14,13 @@ class Init(nn.Module):
     ``x``'s dtype and device. Set ``receives_gradient = True`` if U0 carries parameters, and
     ``reads_values = True`` if U0 depends on the values of x, not only on its shape (a family
     that keeps X unscaled then passes a scaled copy; others get X as it is, with no copy).
+    Set ``per_matrix = False`` if a matrix's U0 depends on the rest of the batch or on the
+    number of calls (a fresh draw per call), so that the batch cannot be initialized in pieces.
     """
 
     receives_gradient: bool = False
     reads_values: bool = False
+    per_matrix: bool = True
 
     def forward(self, x: Tensor, rank: int) -> Tensor:  # pragma: no cover - abstract
         """Return the initial left factor ``U0: (*batch, M, rank)``."""

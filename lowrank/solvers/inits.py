@@ -153,6 +153,8 @@ class RandomInit(Init):
         seed: the seed.
     """
 
+    per_matrix = False  # one draw per call over the whole batch
+
     def __init__(self, *, rank: int | float | None = None, seed: int = 0):
         super().__init__()
         self.seed = seed
