@@ -26,6 +26,8 @@ def _onednn_skipped(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     was tuned on 2-D images. Only plain float32 CPU convs outside ``torch.compile`` and autocast
     qualify; the result and its gradients are those of ``conv(x)`` (tested).
     """
+    if torch.compiler.is_compiling():  # first: the checks below are not traceable
+        return False
     k = conv.kernel_size
     return (
         x.dim() == 5
@@ -42,7 +44,6 @@ def _onednn_skipped(conv: nn.Conv3d, x: torch.Tensor) -> bool:
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
     )
 
 
