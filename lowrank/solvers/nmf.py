@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ..build import InitSpec, UpdateSpec, build
 from ..registry import register
-from .base import Factorization, State, inverse_scale
-from .rank1 import rank1_projector_nmf
+from ._hals_fused import hals_fused
+from .base import Factorization, State, compute_dtype, default_eps, inverse_scale
+from .rank1 import rank1_factors, rank1_projector_nmf
+from .updates import HALSUpdate
 
 __all__ = ["NMF"]
 
@@ -30,6 +34,13 @@ class NMF(Factorization):
     hand-written backward (:mod:`lowrank.solvers.rank1`); results and gradients equal autograd
     through the general loop up to eps.
 
+    **HALS, rank >= 2, on CPU**: the whole iteration loop is one autograd node that runs in
+    place on cache-sized sub-chunks and has a hand-written backward
+    (:mod:`lowrank.solvers._hals_fused`); results and gradients equal autograd through the
+    general loop up to rounding. ``grad_steps=k`` keeps the base's recomputed tail (the no-grad
+    head and the tail both run fused). The general loop runs under ``torch.compile`` and on
+    other devices.
+
     Args:
         rank: the rank R (int), or a float compression ratio.
         iters: iterations in training.
@@ -49,6 +60,8 @@ class NMF(Factorization):
 
     nonnegative = True
     homogeneous = True
+    #: private switch: ``False`` forces the general autograd loop for HALS (tests, benchmarks).
+    _fused_hals: bool = True
 
     def __init__(
         self,
@@ -117,6 +130,45 @@ class NMF(Factorization):
     def _fast(self, rank: int) -> bool:
         return self.fast and rank == 1 and not (self.return_factors or self.store_factors)
 
+    def _fused(self, x: Tensor, rank: int) -> bool:
+        """Whether the fused HALS node runs (HALS, rank >= 2, CPU, eager)."""
+        return (
+            self._fused_hals
+            and rank >= 2
+            and type(self.update) is HALSUpdate
+            and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        )
+
+    def _hals_fused(
+        self, x: Tensor, rank: int, iters: int, eps: float, start: State | None, need_out: bool
+    ) -> tuple[Tensor | None, State]:
+        """The fused HALS loop from the init (or from ``start``): ``(out, (U, V, 1/s))``."""
+        if start is None:
+            u0, v0, inv = self.initial_u(x, rank), None, inverse_scale(x)
+        else:
+            u0, v0, inv = start
+        out, u, v = hals_fused(x, u0, v0, inv, iters, eps, need_out)
+        return out, (u, v, inv)
+
+    def factorize(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        rank: int,
+        iters: int,
+        eps: float,
+        start: State | None = None,
+    ) -> State:
+        """The general loop; HALS's fused loop where it applies (X is already masked, and V's
+        masked rows stay exactly 0 without the mask)."""
+        if not self._fused(x, rank):
+            return super().factorize(x, mask, rank, iters, eps, start)
+        if start is None and self.grad_steps is not None and torch.is_grad_enabled():
+            # the general loop's no-grad head (a direct call; the base runs it under no_grad)
+            return super().factorize(x, mask, rank, iters, eps, start)
+        return self._hals_fused(x, rank, iters, eps, start, need_out=False)[1]
+
     def prescale(self, rank: int) -> bool:
         """Never: both paths read X unscaled and scale small products (no copy of X's size)."""
         return False
@@ -134,9 +186,61 @@ class NMF(Factorization):
         eps: float,
         start: State | None = None,
     ) -> tuple[Tensor, State]:
-        """The general loop, or for rank 1 the Gram fast path (state ``(u (*batch, M, 1),)``)."""
+        """The general loop, the fused HALS loop, or for rank 1 the Gram fast path (state
+        ``(u (*batch, M, 1),)``)."""
+        if self._fused(x, rank):
+            out, state = self._hals_fused(x, rank, iters, eps, start, need_out=True)
+            return out, state
         if not self._fast(rank):
             return super().solve(x, mask, rank, iters, eps, start)
         u0 = self.initial_u(x, rank)[..., 0]
         out, u = rank1_projector_nmf(x, u0, iters, self.grad_steps, eps)
         return out, (u.unsqueeze(-1),)
+
+    def rank1_factors(self, x: Any, mask: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+        """Without gradient, the rank-1 output as factors ``(u (*batch, M), w (*batch, N))``.
+
+        ``u wᵀ`` equals ``self(x, mask)`` (same iteration, same arithmetic; the init observes
+        ``u`` in training as in :meth:`forward`); a windowed matricizer folds the factors back
+        without forming the ``(M, N)`` product (:meth:`~lowrank.matricize.base.Matricize.inverse_rank1`).
+
+        Args:
+            x: ``(*batch, M, N)``, or lazy ``(B', M, N)`` matrices with ``chunks()`` (e.g.
+                :class:`~lowrank.matricize._window_inference.LazyWindows`): each chunk is solved while it
+                is in cache and the batch of matrices never exists (a per-call random init
+                gathers them all first, so that its draw is the one :meth:`forward` makes).
+            mask: ``(*batch, N)`` bool or ``None``.
+
+        Returns:
+            The factors in ``x``'s dtype, or ``None`` when the rank-1 fast path does not apply
+            (rank > 1, ``fast=False``, factors requested or stored, autograd or compile active).
+        """
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type == "meta":
+            return None
+        rank = self.resolve_rank(x.shape[-2], x.shape[-1])
+        if not self._fast(rank):
+            return None
+        if not isinstance(x, Tensor) and not getattr(self.init, "per_matrix", True):
+            x = x.materialize()
+        if isinstance(x, Tensor):
+            self._check(x, mask)
+        iters = self.iters if self.training else self.eval_iters
+        dtype = compute_dtype(x.dtype, self.fp32)
+        eps = self.eps if self.eps is not None else default_eps(dtype)
+        parts = [(0, x)] if isinstance(x, Tensor) else x.chunks()
+        u = w = None
+        with torch.autocast(x.device.type, enabled=False):
+            for start, chunk in parts:
+                stop = start + chunk.shape[0]
+                mf = None if mask is None else mask[start:stop].to(dtype).unsqueeze(-1)
+                xc, _ = self._prepare(chunk, mf, dtype, rank)
+                uc, wc = rank1_factors(xc, self.initial_u(xc, rank)[..., 0], iters, eps)
+                if isinstance(x, Tensor):
+                    u, w = uc, wc
+                    break
+                if u is None:
+                    u, w = uc.new_empty(x.shape[:-1]), wc.new_empty((*x.shape[:-2], x.shape[-1]))
+                u[start:stop], w[start:stop] = uc, wc
+            if self.training:
+                self.init.observe(u.unsqueeze(-1))
+        return u.to(x.dtype), w.to(x.dtype)
