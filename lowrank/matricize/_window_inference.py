@@ -47,26 +47,34 @@ class LazyWindows:
     def chunks(self, max_elements: int = _CHUNK_ELEMENTS) -> Iterator[tuple[int, Tensor]]:
         """Yield ``(start, matrices[start : start + k])`` in order, about ``max_elements`` each.
 
-        The chunk is one reused buffer: use it (or copy it) before taking the next one.
+        A chunk holds whole (sample, head) blocks of a view when they fit (small inputs take
+        few chunks), else a run of one block's windows. The chunk is one reused buffer: use it
+        (or copy it) before taking the next one.
         """
         layout, (_, rows, columns) = self.layout, self.shape
-        bh = layout.batch * layout.heads
+        bh, per_window = layout.batch * layout.heads, rows * columns
         source = self.x.reshape(bh, 1, rows, -1)
-        step = max(1, max_elements // (rows * columns))
-        buffer = self.x.new_empty(min(step, max(v.windows for v in layout.views)) * rows * columns)
+        most = max(v.windows for v in layout.views) * bh * per_window
+        buffer = self.x.new_empty(max(per_window, min(max_elements, most)))
         offset = 0
         for view in layout.views:
             flat, padding, _, _ = _view_index(view, layout.spatial, self.device)
-            for b in range(bh):
-                for g in range(0, view.windows, step):
-                    n = min(step, view.windows - g)
-                    out = buffer[: n * rows * columns].view(n, rows, columns)
-                    index = flat[g : g + n].view(n, 1, columns).expand(-1, rows, -1)
-                    torch.gather(source[b].expand(n, -1, -1), 2, index, out=out)
-                    if padding is not None:
-                        out.masked_fill_(padding[g : g + n].view(n, 1, columns), 0)
-                    yield offset + b * view.windows + g, out
-            offset += bh * view.windows
+            windows = view.windows
+            if windows * per_window <= max_elements:  # whole blocks: (n, windows) at a time
+                step = max(1, max_elements // (windows * per_window))
+                spans = [(b, min(step, bh - b), 0, windows) for b in range(0, bh, step)]
+            else:  # runs of one block's windows
+                step = max(1, max_elements // per_window)
+                runs = range(0, windows, step)
+                spans = [(b, 1, g, min(step, windows - g)) for b in range(bh) for g in runs]
+            for b, blocks, g, n in spans:
+                out = buffer[: blocks * n * per_window].view(blocks, n, rows, columns)
+                index = flat[g : g + n].view(1, n, 1, columns).expand(blocks, -1, rows, -1)
+                torch.gather(source[b : b + blocks].expand(-1, n, -1, -1), 3, index, out=out)
+                if padding is not None:
+                    out.masked_fill_(padding[g : g + n].view(1, n, 1, columns), 0)
+                yield offset + b * windows + g, out.view(blocks * n, rows, columns)
+            offset += bh * windows
 
 
 def fold_rank1(u: Tensor, w: Tensor, layout: WindowLayout) -> Tensor:
