@@ -15,18 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
+from bench_solvers import _timed as _time
 from bench_solvers import fwd_bwd, make_fn, make_input
 
 __all__ = ["main"]
-
-
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main() -> None:
