@@ -45,6 +45,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .updates import kept_columns
+
 __all__ = ["hals_fused", "sub_rows"]
 
 #: the batch is processed in sub-chunks whose X slice holds about this many bytes, so the ~50
@@ -58,11 +60,10 @@ def sub_rows(m: int, n: int, itemsize: int) -> int:
 
 
 def _guarded_inv(b: Tensor, eps: float, out: Tensor) -> Tensor:
-    """``1/B_rr`` into ``out: (n, R, 1)``; 0 where ``B_rr <= eps·max B_ll`` (as :func:`hals_columns`;
-    no graph here, so the unselected ``1/0`` of a zero column is harmless)."""
+    """``1/B_rr`` into ``out: (n, R, 1)``; 0 for a collapsed column (:func:`kept_columns`; no graph
+    here, so the unselected ``1/0`` of a zero column is harmless)."""
     d = torch.diagonal(b, dim1=-2, dim2=-1)
-    ok = d > torch.finfo(d.dtype).tiny + eps * d.amax(-1, keepdim=True)
-    torch.where(ok, d.reciprocal(), torch.zeros((), dtype=d.dtype), out=out.squeeze(-1))
+    torch.where(kept_columns(d, eps), d.reciprocal(), torch.zeros((), dtype=d.dtype), out=out.squeeze(-1))
     return out
 
 

@@ -14,7 +14,7 @@ from ..registry import register
 from ._sweep import gauss_seidel_sweep
 from .base import Update
 
-__all__ = ["HALSUpdate", "MUUpdate", "hals_columns"]
+__all__ = ["HALSUpdate", "MUUpdate", "hals_columns", "kept_columns"]
 
 
 @register("update", "mu", aliases=("multiplicative",), test_spec="nmf(rank=2, update=mu)")
@@ -33,6 +33,12 @@ class MUUpdate(Update):
         a = x @ h if scale is None else (x @ h) * scale
         b = h.mT @ h
         return w * a / (w @ b + eps)
+
+
+def kept_columns(d: Tensor, eps: float) -> Tensor:
+    """HALS's collapse guard: True where a denominator ``d: (*batch, R)`` exceeds ``eps · max d``
+    (plus the dtype's tiny); the other columns are collapsed components, set to 0."""
+    return d > eps * d.amax(-1, keepdim=True) + torch.finfo(d.dtype).tiny
 
 
 def hals_columns(
@@ -85,8 +91,7 @@ def hals_columns(
     else:
         c_t = a_t
     d = torch.diagonal(b, dim1=-2, dim2=-1) + ridge
-    thr = eps * d.amax(-1, keepdim=True) + torch.finfo(d.dtype).tiny
-    ok = d > thr
+    ok = kept_columns(d, eps)
     inv = torch.where(ok, 1.0 / torch.where(ok, d, torch.ones_like(d)), torch.zeros_like(d)).unsqueeze(-1)
     return gauss_seidel_sweep(c_t, b, inv, slope).mT
 
