@@ -186,12 +186,21 @@ class Factorizer(nn.Module):
             h = self._normed(self.norm1, self.in_proj, x, relu=True)
         else:
             h = self.mixer_act(self._normed(self.norm1, self.in_proj, x))
-        matrices, ctx = self._matrices(h)
+        # inference, rank 1: the mixer hands back factors (u, w) and the matricizer folds u wᵀ
+        # back, so the (B', M, N) product is never formed; lazy windows reach the mixer a
+        # cache-sized chunk at a time, so no window tensor exists either
+        fold = self._inference_fold()
+        lazy = getattr(self.matricize, "lazy", None) if fold else None
+        if lazy is not None:
+            matrices = lazy(h)
+            ctx = matrices.ctx
+        else:
+            matrices, ctx = self.matricize(h)
         mask = getattr(ctx, "mask", None)
-        factors = self._rank1_factors(matrices, mask)
+        factors = self.mixer.rank1_factors(matrices, mask) if fold else None
         if factors is not None:
             return self.matricize.inverse_rank1(*factors, ctx)
-        if not isinstance(matrices, torch.Tensor):  # the mixer declined: the usual call
+        if lazy is not None:  # the mixer declined: the usual call
             matrices, ctx = self.matricize(h)
         matrices = self.mixer(matrices) if mask is None else self.mixer(matrices, mask=mask)
         return self.matricize.inverse(matrices, ctx)
@@ -208,23 +217,6 @@ class Factorizer(nn.Module):
             and getattr(self.mixer, "rank1_factors", None) is not None
             and getattr(self.matricize, "inverse_rank1", None) is not None
         )
-
-    def _matrices(self, h: torch.Tensor):
-        """``matricize(h)``; for the inference fold, lazy windows (gathered a chunk at a time)."""
-        lazy = getattr(self.matricize, "lazy", None)
-        if lazy is not None and self._inference_fold():
-            matrices = lazy(h)
-            return matrices, matrices.ctx
-        return self.matricize(h)
-
-    def _rank1_factors(self, matrices, mask: torch.Tensor | None):
-        """Without gradient, a rank-1 mixer's output as factors ``(u, w)``, or ``None``.
-
-        With them the ``(B', M, N)`` product is never formed: the matricizer folds ``u wᵀ`` back
-        (``inverse_rank1``); with lazy windows no window tensor exists either (the mixer solves
-        each cache-sized chunk of windows as it is gathered).
-        """
-        return self.mixer.rank1_factors(matrices, mask) if self._inference_fold() else None
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The mixer branch (without the residual): ``(B, C, *S) -> (B, C, *S)``."""

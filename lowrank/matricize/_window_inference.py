@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ._plans import WindowLayout
-from ._windows import _CHUNK_ELEMENTS, _place, _view_index, to_windows
+from ._windows import _CHUNK_ELEMENTS, _place, _view_index, gather_windows, to_windows
 from .base import MatricizeContext
 
 __all__ = ["LazyWindows", "fold_rank1"]
@@ -69,10 +69,8 @@ class LazyWindows:
                 spans = [(b, 1, g, min(step, windows - g)) for b in range(bh) for g in runs]
             for b, blocks, g, n in spans:
                 out = buffer[: blocks * n * per_window].view(blocks, n, rows, columns)
-                index = flat[g : g + n].view(1, n, 1, columns).expand(blocks, -1, rows, -1)
-                torch.gather(source[b : b + blocks].expand(-1, n, -1, -1), 3, index, out=out)
-                if padding is not None:
-                    out.masked_fill_(padding[g : g + n].view(1, n, 1, columns), 0)
+                pad = None if padding is None else padding[g : g + n]
+                gather_windows(out, source[b : b + blocks], flat[g : g + n], pad)
                 yield offset + b * windows + g, out.view(blocks * n, rows, columns)
             offset += bh * windows
 

@@ -29,6 +29,7 @@ __all__ = [
     "to_windows",
     "from_windows",
     "window_mask",
+    "gather_windows",
 ]
 
 
@@ -93,6 +94,18 @@ def _place(view: ViewPlan, spatial: tuple[int, ...], rows: int, device: torch.de
     return window.to(torch.int64) * (rows * view.columns) + column
 
 
+def gather_windows(out: Tensor, source: Tensor, flat: Tensor, padding: Tensor | None) -> None:
+    """``out (k, n, M, N)`` ← the windows ``flat (n, N)`` of ``source (k, 1, M, ∏S)``, zeros on padding.
+
+    ``flat`` and ``padding`` are (row ranges of) a view's cached index (:func:`_view_index`).
+    """
+    k, n, rows, columns = out.shape
+    index = flat.view(1, n, 1, columns).expand(k, -1, rows, -1)
+    torch.gather(source.expand(-1, n, -1, -1), 3, index, out=out)
+    if padding is not None:
+        out.masked_fill_(padding.view(1, n, 1, columns), 0)
+
+
 def _scatter(x: Tensor, layout: WindowLayout, scale: float) -> Tensor:
     """``(B, heads·M, *S) -> scale · matrices (B', M, N)``, zeros on padding (one gather per view)."""
     bh = layout.batch * layout.heads
@@ -105,10 +118,7 @@ def _scatter(x: Tensor, layout: WindowLayout, scale: float) -> Tensor:
         count = bh * view.windows
         block = out[offset : offset + count].view(bh, view.windows, rows, view.columns)
         flat, padding, _, _ = _view_index(view, layout.spatial, x.device)
-        index = flat.view(1, view.windows, 1, view.columns).expand(bh, -1, rows, -1)
-        torch.gather(source.expand(-1, view.windows, -1, -1), 3, index, out=block)
-        if padding is not None:
-            block.masked_fill_(padding.view(1, view.windows, 1, view.columns), 0)
+        gather_windows(block, source, flat, padding)
         offset += count
     if scale != 1.0:
         out.mul_(scale)

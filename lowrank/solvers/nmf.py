@@ -227,20 +227,23 @@ class NMF(Factorization):
         iters = self.iters if self.training else self.eval_iters
         dtype = compute_dtype(x.dtype, self.fp32)
         eps = self.eps if self.eps is not None else default_eps(dtype)
-        parts = [(0, x)] if isinstance(x, Tensor) else x.chunks()
-        u = w = None
+
+        def solve(chunk: Tensor, start: int) -> tuple[Tensor, Tensor]:
+            stop = start + chunk.shape[0]
+            mf = None if mask is None else mask[start:stop].to(dtype).unsqueeze(-1)
+            xc, _ = self._prepare(chunk, mf, dtype, rank)
+            return rank1_factors(xc, self.initial_u(xc, rank)[..., 0], iters, eps)
+
         with torch.autocast(x.device.type, enabled=False):
-            for start, chunk in parts:
-                stop = start + chunk.shape[0]
-                mf = None if mask is None else mask[start:stop].to(dtype).unsqueeze(-1)
-                xc, _ = self._prepare(chunk, mf, dtype, rank)
-                uc, wc = rank1_factors(xc, self.initial_u(xc, rank)[..., 0], iters, eps)
-                if isinstance(x, Tensor):
-                    u, w = uc, wc
-                    break
-                if u is None:
-                    u, w = uc.new_empty(x.shape[:-1]), wc.new_empty((*x.shape[:-2], x.shape[-1]))
-                u[start:stop], w[start:stop] = uc, wc
+            if isinstance(x, Tensor):
+                u, w = solve(x, 0)
+            else:
+                u = w = None
+                for start, chunk in x.chunks():
+                    uc, wc = solve(chunk, start)
+                    if u is None:
+                        u, w = uc.new_empty(x.shape[:-1]), wc.new_empty((*x.shape[:-2], x.shape[-1]))
+                    u[start : start + len(uc)], w[start : start + len(wc)] = uc, wc
             if self.training:
                 self.init.observe(u.unsqueeze(-1))
         return u.to(x.dtype), w.to(x.dtype)
