@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._sweep import substitute_
 from .updates import kept_columns
 
 __all__ = ["hals_fused", "sub_rows"]
@@ -67,30 +68,10 @@ def _guarded_inv(b: Tensor, eps: float, out: Tensor) -> Tensor:
     return out
 
 
-_PAIRS: dict[tuple[int, torch.device], tuple[list[tuple[int, int]], Tensor]] = {}
-
-
-def _coefficients(b: Tensor) -> dict[tuple[int, int], Tensor]:
-    """The strict upper triangle ``B_lr`` (l < r) as ``(n, 1)`` tensors keyed ``(l, r)``: one
-    gather and one unbind instead of a view op per use."""
-    rank = b.shape[-1]
-    key = (rank, b.device)
-    if key not in _PAIRS:
-        pairs = [(l, r) for l in range(rank) for r in range(l + 1, rank)]  # noqa: E741
-        _PAIRS[key] = pairs, torch.tensor([l * rank + r for l, r in pairs], device=b.device)  # noqa: E741
-    pairs, index = _PAIRS[key]
-    cols = b.reshape(b.shape[0], rank * rank).index_select(1, index).T.unsqueeze(-1).unbind(0)
-    return dict(zip(pairs, cols))
-
-
 def _sweep_(c: Tensor, b: Tensor, inv: Tensor) -> None:
     """The Gauss–Seidel sweep in place on ``c: (n, R, P)`` whose rows are already multiplied by
     ``inv`` (rows become the new factor rows): ``W'_r = relu(c_r − Σ_{l<r} inv_r B_lr W'_l)``."""
-    rows, coef = c.unbind(1), _coefficients(b * inv.mT)
-    for r, c_r in enumerate(rows):
-        for l in range(r):  # noqa: E741 - fused multiply-adds: faster than a gemv per batch
-            c_r.addcmul_(rows[l], coef[l, r], value=-1.0)
-        c_r.relu_()
+    substitute_(c, (b * inv.mT).unsqueeze(-1), lambda r: c[:, r].relu_())
 
 
 _relu_mask = torch.ops.aten.threshold_backward.grad_input
@@ -102,15 +83,12 @@ def _reverse_sweep_(g: Tensor, w: Tensor, b: Tensor, inv: Tensor, prescaled: boo
     ``prescaled``: the rows of ``g`` are already multiplied by ``inv`` (folded into the small
     factors of the products that formed it), so ``ĝ_r = [W'_r > 0] (g_r − Σ_{q>r} inv_r B_rq ĝ_q)``.
     """
-    rows, w_rows = g.unbind(1), w.unbind(1)
-    coef, inv_r = _coefficients(b * inv if prescaled else b), inv.unbind(1)
-    for r in reversed(range(len(rows))):
-        g_r = rows[r]
-        for q in range(r + 1, len(rows)):
-            g_r.addcmul_(rows[q], coef[r, q], value=-1.0)
-        _relu_mask(g_r, w_rows[r], 0.0, grad_input=g_r)
-        if not prescaled:
-            g_r.mul_(inv_r[r])
+
+    def finish(r: int) -> Tensor:
+        g_r = _relu_mask(g[:, r], w[:, r], 0.0, grad_input=g[:, r])
+        return g_r if prescaled else g_r.mul_(inv[:, r])
+
+    substitute_(g, (b * inv if prescaled else b).mT.unsqueeze(-1), finish, reverse=True)
 
 
 class _Slots:

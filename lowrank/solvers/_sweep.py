@@ -23,11 +23,36 @@ against autograd through it, and with ``gradcheck`` in float64). ``φ'`` at 0 is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["gauss_seidel_sweep"]
+__all__ = ["gauss_seidel_sweep", "substitute_"]
+
+
+def substitute_(acc: Tensor, coef: Tensor, finish: Callable[[int], Tensor], reverse: bool = False) -> None:
+    """Right-looking substitution on the rows of ``acc: (*batch, R, P)``, in place.
+
+    For i = 0..R−1 (``reverse``: R−1..0), ``w_i = finish(i)`` — row i of ``acc`` has by then
+    received every earlier row's term — and then ``acc_j −= coef_ij · w_i`` for every later
+    j, in one broadcast multiply-add over the trailing rows: R − 1 passes over memory instead
+    of R(R − 1)/2 row-by-row ones (the result is the same, the summation order differs).
+
+    Args:
+        acc: ``(*batch, R, P)`` the accumulating rows.
+        coef: ``(*batch, R, R, 1)`` with ``coef[..., i, j, 0]`` the weight of row i in row j.
+        finish: called once per row, in order; returns the final ``w_i: (*batch, P)``.
+        reverse: run from the last row to the first.
+    """
+    rank = acc.shape[-2]
+    for i in reversed(range(rank)) if reverse else range(rank):
+        w_i = finish(i).unsqueeze(-2)
+        if reverse and i > 0:
+            acc[..., :i, :].addcmul_(coef[..., i, :i, :], w_i, value=-1.0)
+        elif not reverse and i + 1 < rank:
+            acc[..., i + 1 :, :].addcmul_(coef[..., i, i + 1 :, :], w_i, value=-1.0)
 
 
 def _project(t: Tensor, slope: float) -> Tensor:
@@ -42,14 +67,13 @@ def _project(t: Tensor, slope: float) -> Tensor:
 class _Sweep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, c: Tensor, b: Tensor, inv: Tensor, slope: float) -> Tensor:
-        rank = c.shape[-2]
         w = torch.empty_like(c)
         num = c.clone(memory_format=torch.contiguous_format)
-        for r in range(rank):  # in place: no fresh allocation per column (first touch is costly)
-            n_r = num[..., r, :]
-            for l in range(r):  # noqa: E741 - fused multiply-adds: faster than a gemv per batch
-                n_r.addcmul_(w[..., l, :], b[..., l, r, None], value=-1.0)
-            _project(w[..., r, :].copy_(n_r).mul_(inv[..., r, :]), slope)
+
+        def finish(r: int) -> Tensor:  # in place: no fresh allocation per column
+            return _project(w[..., r, :].copy_(num[..., r, :]).mul_(inv[..., r, :]), slope)
+
+        substitute_(num, b.unsqueeze(-1), finish)
         ctx.save_for_backward(num, b, inv)
         ctx.slope = slope
         return w
@@ -70,14 +94,15 @@ class _Sweep(torch.autograd.Function):
                 dphi = dphi.mul_(1.0 - slope).add_(slope)
         gn = gw.clone(memory_format=torch.contiguous_format)
         dinv = torch.empty_like(inv)
-        for r in reversed(range(rank)):
+
+        def finish(r: int) -> Tensor:
             g_r = gn[..., r, :]
-            for q in range(r + 1, rank):
-                g_r.addcmul_(gn[..., q, :], b[..., r, q, None], value=-1.0)
             if dphi is not None:
                 g_r.mul_(dphi[..., r, :])
             dinv[..., r, 0] = (g_r * num[..., r, :]).sum(-1)
-            g_r.mul_(inv[..., r, :])
+            return g_r.mul_(inv[..., r, :])
+
+        substitute_(gn, b.mT.unsqueeze(-1), finish, reverse=True)
         db = torch.triu(w @ gn.mT, 1).neg_() if rank > 1 else torch.zeros_like(b)
         return gn, db, dinv, None
 
