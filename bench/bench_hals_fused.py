@@ -4,10 +4,15 @@ All in one process, interleaved, on X (4096, 8, 512) fp32 post-ReLU Gaussian, ``
 iters=5, update=hals)``, full gradient, loss ``out.sum()``: forward alone (no grad) and
 forward+backward for the fused node (``ours``) and the general loop (``generic``, the private
 switch ``_fused_hals = False``); forward+backward for the textbook baseline of
-``bench_solvers.py`` (slow: ``--textbook-runs``). Medians (and minima) of the runs; ratios are
-taken within this run. ``--profile`` prints the top ops of one fused forward+backward.
+``bench_solvers.py`` (slow: ``--textbook-runs``). Medians (and minima) of the runs. The textbook
+runs are *paired*: each one sits between two fused forward+backward runs, and
+``paired_ratios`` are textbook / (mean of its two neighbours), so a slow phase of a noisy machine
+hits both sides of a ratio. ``allocator_env`` says whether glibc's tunables of
+:mod:`lowrank.runtime` were set (``export $(python -m lowrank.runtime)``): without them both
+sides pay page faults on fresh memory, the textbook far more. ``--profile`` prints the top ops of
+one fused forward+backward.
 
-Usage: ``OMP_NUM_THREADS=1 python bench/bench_hals_fused.py [--runs 5] [--textbook-runs 2]``
+Usage: ``python bench/bench_hals_fused.py [--runs 5] [--textbook-runs 2]``
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import statistics
 import torch
 from bench_solvers import _timed as _time
 from bench_solvers import fwd_bwd, make_fn, make_input
+
+from lowrank.runtime import allocator_env_active
 
 __all__ = ["main"]
 
@@ -53,9 +60,16 @@ def main() -> None:
         for name, fn in cases.items():
             times[name].append(_time(fn))
     grad = fwd_bwd(fused, x)
-    times["textbook_fwdbwd"] = [_time(lambda: fwd_bwd(textbook, x)) for _ in range(args.textbook_runs)]
+    times["textbook_fwdbwd"], paired = [], []
+    for _ in range(args.textbook_runs):
+        before = _time(cases["fused_fwdbwd"])
+        times["textbook_fwdbwd"].append(_time(lambda: fwd_bwd(textbook, x)))
+        after = _time(cases["fused_fwdbwd"])
+        paired.append(times["textbook_fwdbwd"][-1] / ((before + after) / 2))
     result = {
         "threads": torch.get_num_threads(),
+        "allocator_env": allocator_env_active(),
+        "paired_ratios": [round(r, 2) for r in paired],
         "finite_grad": bool(torch.isfinite(grad).all()),
         **{f"{k}_ms": statistics.median(v) * 1e3 for k, v in times.items()},
         **{f"{k}_min_ms": min(v) * 1e3 for k, v in times.items()},
