@@ -320,6 +320,15 @@ class Factorization(nn.Module):
         state = self.factorize(x, mask, rank, iters, eps, start)
         return self.reconstruct(state), state
 
+    def _settings(self, x: Any) -> tuple[int, torch.dtype, float, int]:
+        """``(iters, dtype, eps, rank)`` of a call on ``x`` (a tensor, or anything with its
+        ``shape`` and ``dtype``): ``iters`` in training else ``eval_iters``, the compute dtype,
+        eps for it and the integer rank."""
+        iters = self.iters if self.training else self.eval_iters
+        dtype = compute_dtype(x.dtype, self.fp32)
+        eps = self.eps if self.eps is not None else default_eps(dtype)
+        return iters, dtype, eps, self.resolve_rank(x.shape[-2], x.shape[-1])
+
     def _check(self, x: Tensor, mask: Tensor | None) -> None:
         if x.dim() < 2:
             raise ValueError(
@@ -345,10 +354,7 @@ class Factorization(nn.Module):
             ``(U (*batch, M, R), V (*batch, N, R))``.
         """
         self._check(x, mask)
-        iters = self.iters if self.training else self.eval_iters
-        dtype = compute_dtype(x.dtype, self.fp32)
-        eps = self.eps if self.eps is not None else default_eps(dtype)
-        rank = self.resolve_rank(x.shape[-2], x.shape[-1])
+        iters, dtype, eps, rank = self._settings(x)
         # autocast off (the factorization runs in `dtype`); the meta device has no autocast
         off = (
             contextlib.nullcontext()

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..build import InitSpec, UpdateSpec, build
 from ..registry import register
 from ._hals_fused import hals_fused
-from .base import Factorization, State, compute_dtype, default_eps, inverse_scale
+from .base import Factorization, State, inverse_scale
 from .rank1 import rank1_factors, rank1_projector_nmf
 from .updates import HALSUpdate
 
@@ -162,10 +162,10 @@ class NMF(Factorization):
     ) -> State:
         """The general loop; HALS's fused loop where it applies (X is already masked, and V's
         masked rows stay exactly 0 without the mask)."""
-        if not self._fused(x, rank):
-            return super().factorize(x, mask, rank, iters, eps, start)
-        if start is None and self.grad_steps is not None and torch.is_grad_enabled():
-            # the general loop's no-grad head (a direct call; the base runs it under no_grad)
+        # with grad_steps=k and autograd on, a direct call is the general loop's no-grad head (the
+        # base runs it under no_grad)
+        head = start is None and self.grad_steps is not None and torch.is_grad_enabled()
+        if head or not self._fused(x, rank):
             return super().factorize(x, mask, rank, iters, eps, start)
         return self._hals_fused(x, rank, iters, eps, start, need_out=False)[1]
 
@@ -189,8 +189,7 @@ class NMF(Factorization):
         """The general loop, the fused HALS loop, or for rank 1 the Gram fast path (state
         ``(u (*batch, M, 1),)``)."""
         if self._fused(x, rank):
-            out, state = self._hals_fused(x, rank, iters, eps, start, need_out=True)
-            return out, state
+            return self._hals_fused(x, rank, iters, eps, start, need_out=True)
         if not self._fast(rank):
             return super().solve(x, mask, rank, iters, eps, start)
         u0 = self.initial_u(x, rank)[..., 0]
@@ -217,16 +216,13 @@ class NMF(Factorization):
         """
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type == "meta":
             return None
-        rank = self.resolve_rank(x.shape[-2], x.shape[-1])
+        iters, dtype, eps, rank = self._settings(x)
         if not self._fast(rank):
             return None
         if not isinstance(x, Tensor) and not getattr(self.init, "per_matrix", True):
             x = x.materialize()
         if isinstance(x, Tensor):
             self._check(x, mask)
-        iters = self.iters if self.training else self.eval_iters
-        dtype = compute_dtype(x.dtype, self.fp32)
-        eps = self.eps if self.eps is not None else default_eps(dtype)
 
         def solve(chunk: Tensor, start: int) -> tuple[Tensor, Tensor]:
             stop = start + chunk.shape[0]

@@ -203,7 +203,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         "spacing": spacing,
     }
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = cfg.lr if cfg.lr is not None else default_lr(sum(p.numel() for p in model.parameters()))
+    n_params = sum(p.numel() for p in model.parameters())
+    lr = cfg.lr if cfg.lr is not None else default_lr(n_params)
     optimizer = make_optimizer(params, lr, cfg.weight_decay, device)
     scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup)
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
@@ -237,7 +238,6 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.to_json() + "\n")
     pause = int(os.environ.get(_PAUSE_ENV, "-1"))
-    n_params = sum(p.numel() for p in model.parameters())
     bar = tqdm(
         total=cfg.steps,
         initial=start,
