@@ -3,7 +3,8 @@
 
 Examples::
 
-    lowrank list solver
+    lowrank --version
+    lowrank list solvers
     lowrank show "factorizer(matricize=swin(patch=4, head_dim=8))" --channels 32 --size 16 16 16
     lowrank show swin_factorizer --in-channels 4 --out-channels 3 --size 64 64 64
 """
@@ -18,6 +19,25 @@ from .registry import KINDS, get_part_info, list_parts
 from .spec import SpecError
 
 __all__ = ["main", "build_parser"]
+
+
+def _kind(text: str) -> str:
+    """A kind of part, singular or plural (``solver`` or ``solvers``)."""
+    for kind in KINDS:
+        if text.lower() in (kind, kind + "s", kind + "es"):
+            return kind
+    raise argparse.ArgumentTypeError(f"{text!r} is not a kind of part; choose from {', '.join(KINDS)}")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lowrank")
+    except Exception:  # not installed (a source checkout on PYTHONPATH)
+        from . import __version__
+
+        return __version__
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -98,11 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowrank", description="Matrix and tensor factorizations as deep-learning layers."
     )
+    parser.add_argument("--version", action="version", version=f"lowrank {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     p_list = sub.add_parser("list", help="list the registered parts with one-line summaries")
-    p_list.add_argument("kind", nargs="?", choices=list(KINDS), help="only this kind")
+    p_list.add_argument(
+        "kind", nargs="?", type=_kind, help=f"only this kind: {', '.join(KINDS)} (plural accepted)"
+    )
     p_list.add_argument("--pattern", default="*", help="fnmatch pattern on names (default *)")
     p_list.set_defaults(func=_cmd_list)
 
@@ -128,10 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lowrank`` console script; returns the exit code."""
+    """Entry point of the ``lowrank`` console script; returns the exit code.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``, as from the shell). Called from Python,
+            the process is never restarted (see ``--retain-memory``).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.command_line = argv is None  # run from the shell (not called from Python)
+    args.command_line = argv is None  # run from the shell (not called from Python with arguments)
     try:
         return int(args.func(args) or 0)
     except SpecError as err:

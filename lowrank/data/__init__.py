@@ -4,6 +4,16 @@ The template ships with the package (``mni152_2mm.npz``, McGill notice in ``NOTI
 rebuilt byte-for-byte from an installed nilearn by ``scripts/build_data.py``.
 """
 
+from .datasets import (
+    Case,
+    Dataset,
+    find_dataset,
+    group_channel_files,
+    load_cases,
+    load_dataset,
+    resample,
+    split_cases,
+)
 from .sampler import PatchSampler
 from .transforms import train_transform
 from .volumes import (
@@ -11,7 +21,6 @@ from .volumes import (
     TEMPLATE_FILE,
     Volume,
     find_cases,
-    load_cases,
     load_template,
     normalize_intensity,
     read_nifti,
@@ -20,6 +29,13 @@ from .volumes import (
 )
 
 __all__ = [
+    "Case",
+    "Dataset",
+    "find_dataset",
+    "group_channel_files",
+    "load_dataset",
+    "resample",
+    "split_cases",
     "DEFAULT_HOLDOUT",
     "TEMPLATE_FILE",
     "PatchSampler",

@@ -33,7 +33,6 @@ __all__ = [
     "split_slab",
     "read_nifti",
     "find_cases",
-    "load_cases",
     "require_nibabel",
 ]
 
@@ -171,18 +170,22 @@ def split_slab(
     return train, piece(lo, hi, f"z{lo}:{hi}")
 
 
-def read_nifti(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, object]:
+def read_nifti(
+    paths: str | Path | Sequence[str | Path], *, nan_to_num: bool = False
+) -> tuple[np.ndarray, object]:
     """Read one image (several files = several channels) as a RAS channel-first array.
 
     Args:
         paths: one NIfTI file (3-D, or 4-D with channels last) or a list of 3-D files.
+        nan_to_num: set NaN/Inf voxels to 0 (default: refuse such a file).
 
     Returns:
         ``(array (C, *S) float32, nibabel image of the first file reoriented to RAS)``.
 
     Raises:
         FileNotFoundError: a missing file.
-        ValueError: a file that is not a readable NIfTI image, or channels of different shapes.
+        ValueError: a file that is not a readable NIfTI image, NaN/Inf voxels (unless
+            ``nan_to_num``), or channels of different shapes.
     """
     nib = require_nibabel()
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -196,6 +199,14 @@ def read_nifti(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, ob
             data = np.asarray(img.dataobj, dtype=np.float32)
         except Exception as err:  # nibabel raises several types for corrupt files
             raise ValueError(f"cannot read {path} as a NIfTI image: {err}") from None
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad and nan_to_num:
+            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+        elif bad:
+            raise ValueError(
+                f"{path} has {bad} NaN/Inf voxel(s) of {data.size}: fix the file, or pass --nan-to-num "
+                "to set them to 0"
+            )
         if data.ndim == 4:
             data = np.moveaxis(data, -1, 0)
         elif data.ndim in (2, 3):
@@ -271,49 +282,3 @@ def find_cases(data: str | Path) -> list[tuple[list[Path], Path]]:
     if not cases:
         raise ValueError(f"--data {data}: no NIfTI cases found")
     return cases
-
-
-def load_cases(data: str | Path, classes: Sequence[str] | None = None) -> list[Volume]:
-    """Read every case of a folder or list file (see :func:`find_cases`) as normalized volumes.
-
-    Args:
-        data: folder or list file.
-        classes: class names; default ``background, class1, …`` up to the largest label value.
-
-    Returns:
-        One :class:`Volume` per case, RAS-oriented.
-
-    Raises:
-        ValueError: labels that are not non-negative integers, image/label shape mismatch,
-            different channel counts across cases.
-    """
-    cases = find_cases(data)
-    volumes, top = [], 0
-    for images, label_file in cases:
-        image, img = read_nifti(images)
-        label, _ = read_nifti(label_file)
-        if label.shape[0] != 1 or label.shape[1:] != image.shape[1:]:
-            raise ValueError(
-                f"label {label_file} has shape {label.shape[1:]} (channels {label.shape[0]}), "
-                f"image {images[0]} has {image.shape[1:]}: they must match, with one label channel"
-            )
-        rounded = np.rint(label)
-        if np.abs(rounded - label).max() > 1e-3 or rounded.min() < 0:
-            raise ValueError(f"label {label_file} must hold non-negative integer class indices")
-        top = max(top, int(rounded.max()))
-        volumes.append(
-            Volume(
-                image=normalize_intensity(image),
-                label=rounded.astype(np.int64),
-                affine=np.asarray(img.affine, dtype=np.float64),
-                classes=(),
-                name=_stem(images[0]),
-            )
-        )
-    channels = {v.image.shape[0] for v in volumes}
-    if len(channels) > 1:
-        raise ValueError(f"--data {data}: cases have different channel counts {sorted(channels)}")
-    names = tuple(classes) if classes else ("background", *(f"class{i}" for i in range(1, top + 1)))
-    if len(names) <= top:
-        raise ValueError(f"{len(names)} class names given but labels go up to {top}")
-    return [replace(v, classes=names) for v in volumes]

@@ -7,21 +7,34 @@ Example:
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import DEFAULT_SPEC, DEFAULT_STEPS, DataSplit, TrainConfig, load_split
+from .config import (
+    DEFAULT_SPEC,
+    DEFAULT_STEPS,
+    RESUMABLE,
+    DataSplit,
+    TrainConfig,
+    load_config_file,
+    load_split,
+)
+from .evaluate import evaluate
 from .infer import segmentation_metrics, sliding_window_predict
 from .loop import train
-from .predict import evaluate_files, load_model, predict_file
+from .predict import evaluate_files, load_model, predict_cases, predict_file
 
 __all__ = [
     "DEFAULT_SPEC",
     "DEFAULT_STEPS",
     "CheckpointError",
     "DataSplit",
+    "RESUMABLE",
     "TrainConfig",
+    "evaluate",
     "evaluate_files",
     "load_checkpoint",
     "load_model",
+    "load_config_file",
     "load_split",
+    "predict_cases",
     "predict_file",
     "save_checkpoint",
     "segmentation_metrics",

@@ -1,22 +1,37 @@
 """The ``train``, ``predict`` and ``evaluate`` subcommands of ``lowrank``.
 
+The ``train`` options are generated from :class:`lowrank.train.TrainConfig` (one flag per field,
+its help from the field's docstring), so a ``--config`` file (YAML or JSON, the same keys) and
+the flags always hold the same options; flags override the file, and a run's ``config.json``
+is itself a valid ``--config``.
+
 Examples::
 
     lowrank train                                   # the default Swin Factorizer, ~1 min on a CPU
     lowrank train --spec "unet(channels=[8, 16, 32, 64])" --steps 300 --out runs/unet
-    lowrank train --dims 2 --patch 64 64 --spec "ham_segnet" --out runs/ham2d
-    lowrank train --resume --out runs/default        # continue after an interruption
+    lowrank train --config run.yaml --fold 0       # a Decathlon / nnU-Net dataset, fold 0 of 5
+    lowrank train --resume --out runs/default       # continue after an interruption
     torchrun --nproc_per_node 2 -m lowrank.train train --device cuda --amp bf16
     lowrank predict runs/default/checkpoint.pt T1.nii.gz -o seg.nii.gz
-    lowrank evaluate seg.nii.gz labels.nii.gz --classes background csf gm wm
+    lowrank predict runs/brats/checkpoint.pt -i imagesTs -o predictions --tta
+    lowrank evaluate predictions labelsTs           # Dice / HD95 per case and class
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import re
 import sys
+import types
+import typing
+from pathlib import Path
 
-__all__ = ["add_commands", "main"]
+__all__ = ["add_commands", "add_config_arguments", "config_help", "main"]
+
+#: set to 1 to restart ``lowrank train``/``predict`` once with glibc's allocator tunables
+RETAIN_MEMORY_ENV = "LOWRANK_RETAIN_MEMORY"
 
 
 def _clean_errors(handler):
@@ -27,186 +42,275 @@ def _clean_errors(handler):
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (FileNotFoundError, ImportError, FloatingPointError) as err:
+        except (
+            FileNotFoundError,
+            NotADirectoryError,
+            IsADirectoryError,
+            ImportError,
+            FloatingPointError,
+        ) as err:
             print(f"lowrank {args.command}: error: {err}", file=sys.stderr)
             return 2
 
     return wrapper
 
 
-@_clean_errors
-def _train(args: argparse.Namespace) -> int:
-    _retain_memory(args)
-    import dataclasses
+def config_help(cls) -> dict[str, str]:
+    """The one-line help of each field, from the ``Attributes:`` section of ``cls``'s docstring."""
+    helps: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    inside, names = False, []
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside = True
+            continue
+        if not inside:
+            continue
+        if line.strip() and not line.startswith(" " * 8):
+            break
+        match = re.match(r"^ {8}(\w+(?:, \w+)*):\s+(.*)$", line)
+        if match:
+            names = [n.strip() for n in match.group(1).split(",")]
+            for n in names:
+                helps[n] = match.group(2).strip()
+        elif line.strip() and names:
+            for n in names:
+                helps[n] += " " + line.strip()
+    return {k: v.replace("``", "").replace(":func:", "").replace("`", "") for k, v in helps.items()}
+
+
+def _unwrap(tp):
+    """``(base type, Literal choices or None, optional)`` of an annotation."""
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+    if typing.get_origin(tp) is typing.Literal:
+        choices = list(typing.get_args(tp))
+        return type(choices[0]), choices, optional
+    return tp, None, optional
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field (``--val-every`` for ``val_every``); not given = not set.
+
+    ``bool`` fields get ``--x``/``--no-x``; tuples take several values; ``Literal`` types give
+    the choices; the help text is the field's docstring line and its default.
+    """
+    helps = config_help(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, choices, _ = _unwrap(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs: dict = {"default": argparse.SUPPRESS, "help": f"{helps.get(f.name, '')} (default: {shown})"}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is tuple:
+            args = typing.get_args(tp)
+            kwargs["type"] = args[0]
+            kwargs["nargs"] = "+" if (len(args) == 2 and args[1] is Ellipsis) else len(args)
+        else:
+            kwargs["type"] = tp
+        if choices:
+            kwargs["choices"] = choices
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+
+
+def _train_options(args: argparse.Namespace) -> dict:
+    """The options of a run: defaults < the checkpoint's (``--resume``) < ``--config`` < flags."""
     import json
-    from pathlib import Path
 
     from .checkpoint import load_checkpoint
-    from .config import TrainConfig
-    from .loop import CHECKPOINT, train
+    from .config import TrainConfig, load_config_file
+    from .loop import CHECKPOINT
 
-    # options not given: the checkpoint's when resuming, else the defaults of TrainConfig
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    from_file = load_config_file(args.config) if args.config else {}
     options: dict = {}
-    path = Path(args.out) / CHECKPOINT
-    if args.resume and path.exists():
+    resume = given.get("resume", from_file.get("resume", False))
+    out = given.get("out", from_file.get("out", TrainConfig.out))
+    path = Path(out) / CHECKPOINT
+    if resume and path.exists():
         saved = json.loads(load_checkpoint(path)["config"])
-        options.update(
-            {k: v for k, v in saved.items() if k in fields and k not in ("out", "resume", "quiet")}
-        )
-    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+        options.update({k: v for k, v in saved.items() if k in names and k not in ("out", "resume", "quiet")})
+    options.update(from_file)
     options.update(given)
-    options.update(out=args.out, resume=args.resume, report=not args.no_report, quiet=args.quiet)
-    for key in ("patch", "holdout"):
-        if key in options:
-            options[key] = tuple(options[key])
-    train(TrainConfig(**options))
+    return options
+
+
+@_clean_errors
+def _train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .loop import train
+
+    cfg = TrainConfig(**_train_options(args))
+    _retain_memory(args, cfg.device)
+    train(cfg)
     return 0
 
 
 @_clean_errors
 def _predict(args: argparse.Namespace) -> int:
-    _retain_memory(args)
-    from .predict import predict_file
+    _retain_memory(args, args.device)
+    from .predict import predict_cases
 
-    seg = predict_file(
-        args.checkpoint, args.images, args.output, device=args.device, overlap=args.overlap, amp=args.amp
+    written = predict_cases(
+        args.checkpoint,
+        inputs=args.input,
+        images=args.images,
+        output=args.output,
+        device=args.device,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch,
+        amp=args.amp,
+        tta=args.tta,
+        save_probabilities=args.save_probabilities,
+        allow_background=args.allow_background,
+        nan_to_num=args.nan_to_num,
+        progress=not args.quiet,
     )
-    counts = ", ".join(f"{c}: {n}" for c, n in enumerate(__import__("numpy").bincount(seg.ravel()).tolist()))
-    print(f"wrote {args.output} {seg.shape} (voxels per class: {counts})")
+    if not args.quiet:
+        for path, counts in written:
+            print(f"wrote {path} (voxels per class: {counts})")
     return 0
 
 
 @_clean_errors
 def _evaluate(args: argparse.Namespace) -> int:
-    from .predict import evaluate_files
+    from .evaluate import evaluate, format_table
 
-    metrics = evaluate_files(args.prediction, args.label, classes=args.classes)
-    print(f"{'class':<14}{'Dice':>8}{'HD95 (mm)':>12}")
-    for name, m in metrics.items():
-        print(f"{name:<14}{m['dice']:>8.4f}{m['hd95']:>12.2f}")
-    if metrics:
-        mean = sum(m["dice"] for m in metrics.values()) / len(metrics)
-        print(f"{'mean':<14}{mean:>8.4f}")
+    result = evaluate(args.prediction, args.reference, classes=args.classes, output=args.output)
+    print(format_table(result))
+    if result.get("written"):
+        print(f"wrote {', '.join(result['written'])}")
     return 0
+
+
+def _launched_as_lowrank() -> bool:
+    """Whether this process is the ``lowrank`` console script or ``python -m lowrank[.train]``."""
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name in ("lowrank.__main__", "lowrank.train.__main__"):
+        return True
+    script = getattr(main_module, "__file__", None)
+    return bool(script) and Path(script).name in ("lowrank", "lowrank.exe", "lowrank-script.py")
+
+
+def _retain_memory(args: argparse.Namespace, device: str | None) -> None:
+    """Restart once with glibc's allocator tunables: only when asked (``--retain-memory`` or
+    ``LOWRANK_RETAIN_MEMORY=1``), only from the shell (never when :func:`lowrank.cli.main` is
+    called from Python or a script), and never for a CUDA run."""
+    wanted = getattr(args, "retain_memory", False) or os.environ.get(RETAIN_MEMORY_ENV, "") not in ("", "0")
+    if not (wanted and getattr(args, "command_line", False) and _launched_as_lowrank()):
+        return
+    import torch
+
+    if device == "cuda" or (device is None and torch.cuda.is_available()):
+        return
+    from ..runtime import reexec_with_allocator_env
+
+    reexec_with_allocator_env()
 
 
 def _add_memory_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--no-retain-memory",
+        "--retain-memory",
         action="store_true",
-        help="keep glibc's default allocator settings (default: the process restarts itself once with "
-        "malloc tunables that reuse freed memory instead of page-faulting large tensors in again at "
-        "every step; see lowrank.runtime)",
+        help="CPU runs from the shell: restart the process once with glibc malloc tunables that reuse "
+        f"freed memory instead of page-faulting large tensors in again at every step (or set "
+        f"{RETAIN_MEMORY_ENV}=1; or `export $(python -m lowrank.runtime)` yourself; see lowrank.runtime)",
     )
-
-
-def _retain_memory(args: argparse.Namespace) -> None:
-    """From the shell, restart once with the allocator tunables (never when called from Python)."""
-    if getattr(args, "command_line", False) and not args.no_retain_memory:
-        from ..runtime import reexec_with_allocator_env
-
-        reexec_with_allocator_env()
 
 
 def add_commands(subparsers) -> None:
     """Add ``train``, ``predict`` and ``evaluate`` to an argparse subparsers object."""
-    from .config import DEFAULT_STEPS, TrainConfig
+    from .config import TrainConfig
 
-    d = TrainConfig()
     p = subparsers.add_parser(
         "train",
-        help="train a net on the embedded MRI template (or your NIfTI data)",
+        help="train a net on the embedded MRI template (or your NIfTI dataset)",
         description="Train a segmentation net from a spec. Default: a small Swin Factorizer on the embedded "
-        "MNI ICBM152 template (background/CSF/GM/WM, 2 mm), validated on a held-out axial slab.",
+        "MNI ICBM152 template (background/CSF/GM/WM, 2 mm), validated on a held-out axial slab. Every "
+        "option can also be given in a --config file (YAML or JSON, same names); flags override it.",
     )
     p.add_argument(
-        "--spec", default=None, help="net spec (default: a small swin_factorizer; see `lowrank list net`)"
-    )
-    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {DEFAULT_STEPS})")
-    p.add_argument(
-        "--batch", type=int, default=None, help=f"patches per step and process (default {d.batch})"
-    )
-    p.add_argument(
-        "--patch",
-        type=int,
-        nargs="+",
+        "--config",
         default=None,
-        help=f"patch size (default {' '.join(map(str, d.patch))})",
+        metavar="FILE",
+        help="YAML or JSON file of options (e.g. a run's config.json)",
     )
-    p.add_argument(
-        "--dims", type=int, choices=[2, 3], default=None, help="3: volumes (default); 2: axial slices"
-    )
-    p.add_argument(
-        "--amp", choices=["bf16", "fp16", "none"], default=None, help="mixed precision (fp16: CUDA only)"
-    )
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help=f"CPU threads per process (default {d.threads}; 0: torch's default: OMP_NUM_THREADS or cores)",
-    )
+    add_config_arguments(p, TrainConfig)
     _add_memory_flag(p)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
-    p.add_argument(
-        "--data", default=None, help="your NIfTI cases: a folder (images/, labels/) or a list file"
-    )
-    p.add_argument(
-        "--holdout",
-        type=float,
-        nargs=2,
-        default=None,
-        metavar=("START", "STOP"),
-        help="held-out z-slab as fractions of the z extent (default 0.5 0.7)",
-    )
-    p.add_argument("--seed", type=int, default=None, help="seed of patches, augmentation and init")
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="AdamW peak learning rate (default 2e-2 below 1M parameters, else 3e-3)",
-    )
-    p.add_argument("--val-every", type=int, default=None, help="validate every N steps (default: 10 times)")
-    p.add_argument(
-        "--ckpt-every", type=int, default=None, help="checkpoint every N steps (default: at validation)"
-    )
-    p.add_argument("--no-report", action="store_true", help="skip the PNG figures")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_train)
 
-    p = subparsers.add_parser("predict", help="segment a NIfTI image with a trained checkpoint")
+    p = subparsers.add_parser(
+        "predict",
+        help="segment NIfTI images (one case, files or a folder) with a trained checkpoint",
+        description="Segment images with a checkpoint of `lowrank train`. One case: `lowrank predict CKPT "
+        "image.nii.gz [channel2.nii.gz ...] -o seg.nii.gz`. Many cases: `lowrank predict CKPT -i FOLDER "
+        "-o OUT_FOLDER` (nnU-Net naming CASE_0000.nii.gz for channels, or 4-D files). Each output has its "
+        "input's grid, affine and header.",
+    )
     p.add_argument("checkpoint", help="checkpoint.pt written by `lowrank train`")
     p.add_argument(
-        "images", nargs="+", help="image.nii.gz (4-D for several channels, or one file per channel)"
+        "images", nargs="*", help="one case: image.nii.gz (4-D for several channels, or one file per channel)"
     )
-    p.add_argument("-o", "--output", required=True, help="output label map (.nii.gz)")
+    p.add_argument(
+        "-i", "--input", nargs="+", default=None, help="folder(s) or files of cases (one output per case)"
+    )
+    p.add_argument("-o", "--output", required=True, help="output .nii.gz (one case) or output folder (-i)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    p.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    p.add_argument("--sw-batch", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (fp16: CUDA only)")
+    p.add_argument(
+        "--tta", action="store_true", help="average over flips along every axis (8x the time in 3-D)"
+    )
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write CASE_probabilities.nii.gz (4-D, one softmax channel per class)",
+    )
+    p.add_argument(
+        "--allow-background",
+        action="store_true",
+        help="predict images without zero background although the net was trained on skull-stripped ones",
+    )
+    p.add_argument("--nan-to-num", action="store_true", help="set NaN/Inf voxels to 0 (default: refuse)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _add_memory_flag(p)
     p.set_defaults(func=_predict)
 
-    p = subparsers.add_parser("evaluate", help="Dice and HD95 of a label map against a reference")
-    p.add_argument("prediction", help="predicted label map (.nii.gz)")
-    p.add_argument("label", help="reference label map on the same grid")
-    p.add_argument("--classes", nargs="+", default=None, help="class names, background first")
+    p = subparsers.add_parser(
+        "evaluate",
+        help="Dice and HD95 per class: two label maps, or two folders (per case and mean)",
+        description="Dice and HD95 (mm) per class of predicted label maps against references (MONAI "
+        "metrics). Folders: files paired by name, every reference needs a prediction; per-case and mean "
+        "values are written to summary.json and metrics.csv (in the prediction folder, or -o).",
+    )
+    p.add_argument("prediction", help="predicted label map (.nii.gz) or folder")
+    p.add_argument("reference", help="reference label map or folder (same grid)")
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        help="class names, background first; or a dataset.json / checkpoint.pt to take them from "
+        "(default: background, class1, ... up to the largest reference label)",
+    )
+    p.add_argument(
+        "-o", "--output", default=None, help="summary JSON file (metrics.csv is written next to it)"
+    )
     p.set_defaults(func=_evaluate)
 
 
 def main(argv=None) -> int:
     """Stand-alone entry point (``python -m lowrank.train``), same commands as ``lowrank``."""
-    try:
-        from ..cli import main as lowrank_main
-    except ImportError:  # pragma: no cover
-        lowrank_main = None
-    if lowrank_main is not None:
-        return lowrank_main(argv)
-    parser = argparse.ArgumentParser(prog="lowrank")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    args.command_line = argv is None
-    return int(args.func(args) or 0)
+    from ..cli import main as lowrank_main
+
+    return lowrank_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

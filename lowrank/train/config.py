@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
-from ..data import DEFAULT_HOLDOUT, Volume, load_cases, load_template, split_slab
+from ..data import DEFAULT_HOLDOUT, Volume, load_dataset, load_template, split_cases, split_slab
 
-__all__ = ["DEFAULT_SPEC", "DEFAULT_STEPS", "TrainConfig", "DataSplit", "load_split", "default_lr"]
+__all__ = [
+    "DEFAULT_SPEC",
+    "DEFAULT_STEPS",
+    "RESUMABLE",
+    "TrainConfig",
+    "DataSplit",
+    "load_split",
+    "load_config_file",
+    "default_lr",
+]
 
 #: The default net: a small Swin Factorizer (88k parameters), about a minute of training on a CPU.
 DEFAULT_SPEC = (
@@ -39,11 +49,12 @@ class TrainConfig:
 
     Attributes:
         spec: the net spec (built with ``lowrank.build_net(spec, C, K, spatial_dims=dims)``).
-        steps: optimizer steps.
+        steps: optimizer steps (on ``--resume``: the new total, at least the steps done; the
+            cosine schedule is recomputed for it).
         batch: patches per step and per process.
         patch: patch size (``dims`` values).
         dims: 3 (volumes) or 2 (axial slices).
-        amp: ``"bf16"``, ``"fp16"`` (CUDA) or ``None``.
+        amp: mixed precision: ``"bf16"``, ``"fp16"`` (CUDA only) or ``None``/``"none"``.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         threads: intra-op CPU threads per process (``torch.set_num_threads``, for this run
             only). 1 by default: the small nets of a CPU run are made of many small ops, and
@@ -52,16 +63,27 @@ class TrainConfig:
             compete for the cores (``bench/README.md``, "Training"). ``None`` (or 0): torch's
             default (``OMP_NUM_THREADS`` or the physical cores).
         out: run folder.
-        resume: continue from ``out/checkpoint.pt``.
+        resume: continue from ``out/checkpoint.pt`` (options not given are the checkpoint's;
+            only those in ``RESUMABLE`` may change).
         seed: the seed of patches, augmentation and initialization.
         lr: AdamW peak learning rate; ``None``: :func:`default_lr` of the net's parameter
-            count (2e-2 below 1M parameters, 3e-3 above).
+            count (2e-2 below 1M parameters, 3e-3 above). On ``--resume`` a new value applies
+            from the next step on.
         weight_decay: AdamW weight decay (AdamW is fused on CPU and CUDA).
         warmup: linear warm-up as a fraction of ``steps`` (then cosine to 0).
         grad_clip: gradient-norm clip (0 = off).
         val_every: validate every this many steps (0 = 10 times per run).
         ckpt_every: checkpoint every this many steps (0 = at each validation).
-        data: a folder or list file of the user's NIfTI cases (``None`` = the embedded template).
+        data: the user's NIfTI cases (``None`` = the embedded template): an nnU-Net / Decathlon
+            folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``), a MONAI datalist JSON, a
+            folder with ``images/`` and ``labels/``, or a list file.
+        classes: class names, background first (default: the dataset's, else ``class1``…).
+        fold: validate on fold ``k`` (0-4) of a deterministic 5-fold split of the cases.
+        val_cases: validate on these cases (names); default: the dataset's ``validation``
+            list, else the last fifth of the cases by name.
+        spacing: resample every case to this voxel size in mm (``None``: the median spacing
+            of the cases when they differ; else no resampling).
+        nan_to_num: replace NaN/Inf voxels of the data by 0 (default: refuse such files).
         holdout: held-out z-slab, fractions of the z extent (one-volume data).
         overlap: sliding-window overlap at validation and prediction.
         sw_batch: windows per forward pass at validation.
@@ -73,9 +95,9 @@ class TrainConfig:
     steps: int = DEFAULT_STEPS
     batch: int = 2
     patch: tuple[int, ...] = (24, 24, 24)
-    dims: int = 3
-    amp: str | None = None
-    device: str | None = None
+    dims: Literal[2, 3] = 3
+    amp: Literal["bf16", "fp16", "none"] | None = None
+    device: Literal["cpu", "cuda"] | None = None
     threads: int | None = 1
     out: str = "runs/default"
     resume: bool = False
@@ -87,6 +109,11 @@ class TrainConfig:
     val_every: int = 0
     ckpt_every: int = 0
     data: str | None = None
+    classes: tuple[str, ...] | None = None
+    fold: int | None = None
+    val_cases: tuple[str, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    nan_to_num: bool = False
     holdout: tuple[float, float] = DEFAULT_HOLDOUT
     overlap: float = 0.5
     sw_batch: int = 4
@@ -107,6 +134,22 @@ class TrainConfig:
             )
         self.patch = patch
         self.holdout = tuple(float(h) for h in self.holdout)
+        if self.classes is not None:
+            self.classes = tuple(str(c) for c in self.classes)
+        if self.val_cases is not None:
+            self.val_cases = tuple(str(c) for c in self.val_cases)
+        if self.spacing is not None:
+            spacing = tuple(float(s) for s in self.spacing)
+            spacing = spacing * 3 if len(spacing) == 1 else spacing
+            if len(spacing) != 3 or min(spacing) <= 0:
+                raise ValueError(
+                    f"--spacing {' '.join(map(str, spacing))}: give 1 or 3 sizes in mm, each > 0"
+                )
+            self.spacing = spacing
+        if self.fold is not None and not 0 <= self.fold < 5:
+            raise ValueError(f"--fold {self.fold}: use 0 to 4 (a 5-fold split of the cases)")
+        if self.fold is not None and self.val_cases:
+            raise ValueError("give --fold or --val-cases, not both")
         for name in ("steps", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -129,12 +172,80 @@ class TrainConfig:
         return self.ckpt_every or self.val_interval
 
     def to_json(self) -> str:
+        """The options as JSON (a valid ``--config`` file; tuples as lists)."""
         data = asdict(self)
         if not isinstance(self.spec, str):
             from .loop import spec_text
 
             data["spec"] = spec_text(self.spec)
         return json.dumps(data, indent=2, sort_keys=True)
+
+
+#: Options that may differ from the checkpoint's on ``--resume`` (the others are refused):
+#: ``steps`` (a new total, at least the steps done), ``lr`` (from the next step on), and the
+#: options that do not change the optimization.
+RESUMABLE = frozenset(
+    {
+        "steps",
+        "lr",
+        "device",
+        "threads",
+        "out",
+        "resume",
+        "val_every",
+        "ckpt_every",
+        "overlap",
+        "sw_batch",
+        "report",
+        "quiet",
+    }
+)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """The options of a ``--config`` file (YAML or JSON; keys are :class:`TrainConfig` fields).
+
+    Dashes in keys are read as underscores (``val-every`` = ``val_every``). Relative paths are
+    kept as written (relative to the working directory, like the flags).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a mapping, or an unknown key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as err:  # yaml.YAMLError, json.JSONDecodeError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"--config {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--config {path}: expected a mapping of options (key: value), got {type(data).__name__}"
+        )
+    from ..registry import did_you_mean
+
+    names = [f.name for f in fields(TrainConfig)]
+    options = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise ValueError(
+                f"--config {path}: unknown option {key!r};{did_you_mean(name, names)} "
+                "see `lowrank train --help`"
+            )
+        options[name] = value
+    return options
 
 
 @dataclass
@@ -148,6 +259,7 @@ class DataSplit:
         slab: ``(z0, z1)`` of the held-out slab inside ``full``, or ``None`` (case hold-out).
         classes: class names.
         in_channels: image channels.
+        channels: channel names (the dataset's, else ``("0", "1", …)``).
     """
 
     train: list[Volume]
@@ -156,26 +268,54 @@ class DataSplit:
     slab: tuple[int, int] | None
     classes: tuple[str, ...]
     in_channels: int
+    channels: tuple[str, ...] = ()
 
 
-def load_split(data: str | Path | None = None, holdout=DEFAULT_HOLDOUT) -> DataSplit:
+def load_split(
+    data: str | Path | None = None,
+    holdout=DEFAULT_HOLDOUT,
+    *,
+    classes=None,
+    fold: int | None = None,
+    val_cases=None,
+    spacing=None,
+    nan_to_num: bool = False,
+) -> DataSplit:
     """The embedded template (or the user's cases) split into training and validation.
 
-    One volume: a z-slab is held out (see :func:`lowrank.data.split_slab`). Several cases: the
-    last ``max(1, round(0.2 n))`` cases (by name) are held out whole.
+    One volume: a z-slab is held out (see :func:`lowrank.data.split_slab`). Several cases: whole
+    cases are held out (see :func:`lowrank.data.split_cases`: ``fold``, ``val_cases``, the
+    dataset's own validation list, else the last ``max(1, round(0.2 n))`` cases by name).
     """
-    volumes = [load_template()] if data is None else sorted(load_cases(data), key=lambda v: v.name)
+    if data is None:
+        if spacing is not None:
+            raise ValueError("--spacing resamples --data; the embedded template stays at 2 mm")
+        volumes, val_names, channels = [load_template()], None, ("T1",)
+        if classes:
+            volumes = [_renamed(volumes[0], classes)]
+    else:
+        dataset = load_dataset(data, classes=classes, spacing=spacing, nan_to_num=nan_to_num)
+        volumes, val_names, channels = dataset.volumes, dataset.validation, dataset.channels
+    first = volumes[0]
     if len(volumes) == 1:
-        train, val = split_slab(volumes[0], holdout)
+        if fold is not None or val_cases:
+            raise ValueError(
+                "--fold and --val-cases need several cases; one volume holds out a z-slab (--holdout)"
+            )
+        train, val = split_slab(first, holdout)
         z0 = val.offset[-1]
         return DataSplit(
-            train,
-            [val],
-            volumes[0],
-            (z0, z0 + val.image.shape[-1]),
-            volumes[0].classes,
-            volumes[0].image.shape[0],
+            train, [val], first, (z0, z0 + val.image.shape[-1]), first.classes, first.image.shape[0], channels
         )
-    n_val = max(1, round(0.2 * len(volumes)))
-    train, val = volumes[:-n_val], volumes[-n_val:]
-    return DataSplit(train, val, val[0], None, volumes[0].classes, volumes[0].image.shape[0])
+    train, val = split_cases(volumes, fold=fold, val_cases=val_cases or val_names)
+    return DataSplit(train, val, val[0], None, first.classes, first.image.shape[0], channels)
+
+
+def _renamed(volume: Volume, classes) -> Volume:
+    from dataclasses import replace
+
+    if len(classes) != len(volume.classes):
+        raise ValueError(
+            f"--classes: the template has {len(volume.classes)} classes {volume.classes}, got {len(classes)}"
+        )
+    return replace(volume, classes=tuple(classes))

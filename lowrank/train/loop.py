@@ -28,7 +28,7 @@ from .. import build_net
 from ..spec import SpecError
 from . import distributed as D
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, net_info, save_checkpoint
-from .config import TrainConfig, default_lr, load_split
+from .config import RESUMABLE, TrainConfig, default_lr, load_split
 from .infer import autocast_context, mean_metric, segmentation_metrics, sliding_window_predict
 
 __all__ = [
@@ -155,6 +155,25 @@ def _resume_state(cfg: TrainConfig, path: Path, net: dict) -> dict | None:
     for key in ("in_channels", "out_channels", "spatial_dims", "patch"):
         if old.get(key) != net.get(key):
             raise CheckpointError(f"--resume: {path} has {key}={old.get(key)}, this run has {net.get(key)}")
+    saved = json.loads(state.get("config") or "{}")
+    now = json.loads(cfg.to_json())
+    for key, value in now.items():
+        if key in RESUMABLE or key == "spec" or key not in saved or saved[key] == value:
+            continue
+        if key == "lr" and value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        raise CheckpointError(
+            f"--resume: {path} was trained with {flag} {saved[key]!r}, this run asks {value!r}; on resume "
+            f"only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE - {'out', 'resume'}))} "
+            f"may change: leave {flag} out (or give the same value), or train into another --out"
+        )
+    done = int(state["step"])
+    if cfg.steps < done:
+        raise CheckpointError(
+            f"--resume: {path} has already {done} steps, --steps {cfg.steps} is fewer: give --steps {done} "
+            "or more to continue (or another --out)"
+        )
     return state
 
 
@@ -183,7 +202,15 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     elif device.type == "cpu" and info.enabled and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
-    split = load_split(cfg.data, cfg.holdout)
+    split = load_split(
+        cfg.data,
+        cfg.holdout,
+        classes=cfg.classes,
+        fold=cfg.fold,
+        val_cases=cfg.val_cases,
+        spacing=cfg.spacing,
+        nan_to_num=cfg.nan_to_num,
+    )
     k = len(split.classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -201,6 +228,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         "patch": list(cfg.patch),
         "classes": list(split.classes),
         "spacing": spacing,
+        "channels": list(split.channels),
+        # fraction of zero voxels in the training images (skull-stripped data: a large one)
+        "zero_fraction": float(np.mean([np.mean(np.all(v.image == 0, axis=0)) for v in split.train])),
     }
     params = [p for p in model.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in model.parameters())
@@ -211,6 +241,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     autocast_context(cfg.amp, device)  # validates --amp against the device before training
     history: dict[str, Any] = {"step": [], "loss": [], "lr": [], "val": []}
     start, elapsed_before, cpu_before = 0, 0.0, 0.0
+    # what this run uses (config.json and the checkpoint): resolved lr, paths and spacing
+    cfg = _resolved(cfg, lr, spacing)
     state = _resume_state(cfg, ckpt_path, net)
     if state is not None:
         try:
@@ -227,6 +259,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         start, history = int(state["step"]), json.loads(state["history"])
         elapsed_before = float(history.get("elapsed", 0.0))
         cpu_before = float(history.get("cpu", 0.0))
+        saved = json.loads(state.get("config") or "{}")
+        if saved.get("lr") != lr or saved.get("steps") != cfg.steps:  # honoured from the next step on
+            scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+            for group in optimizer.param_groups:
+                group["initial_lr"] = lr
+                group["lr"] = lr * scheduler.lr_lambdas[0](start)
     history["lr_peak"] = lr
     ddp = model
     if info.enabled:
@@ -315,6 +353,19 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     return result
 
 
+def _resolved(cfg: TrainConfig, lr: float, spacing) -> TrainConfig:
+    """``cfg`` as this run uses it: the peak lr, absolute paths, the training voxel size."""
+    import dataclasses
+
+    return dataclasses.replace(
+        cfg,
+        lr=lr,
+        data=None if cfg.data is None else str(Path(cfg.data).resolve()),
+        out=str(Path(cfg.out).resolve()),
+        spacing=tuple(spacing) if cfg.data is not None or cfg.spacing is not None else None,
+    )
+
+
 def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> dict[str, Any]:
     """metrics.json, figures and the summary (rank 0)."""
     if not info.is_main:
@@ -341,6 +392,8 @@ def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> di
         "lr": history.get("lr_peak", cfg.lr),
         "threads": torch.get_num_threads(),
         "classes": list(split.classes[1:]),
+        "channels": list(split.channels),
+        "spacing_mm": [round(s, 4) for s in split.full.spacing],
         "dice": {c: round(m["dice"], 4) for c, m in final.items()},
         "hd95_mm": {c: (round(m["hd95"], 3) if math.isfinite(m["hd95"]) else None) for c, m in final.items()},
         "mean_dice": round(mean_metric(final, "dice"), 4),
