@@ -51,7 +51,22 @@ def one_error_line(result, command: str) -> str:
     """The single error line of a failed command (exit code 2, no traceback)."""
     assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-3000:])
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    if lines and lines[0].startswith("usage:"):  # argparse: the usage, then one error line
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith(f"lowrank {command}: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def main_error(capsys, argv: list, command: str) -> str:
+    """``lowrank.cli.main(argv)`` in this process: exit code 2 and one error line on stderr."""
+    from lowrank.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"lowrank {command}: "), (code, err)
     return lines[0]
 
 
@@ -70,7 +85,9 @@ def make_cases(n: int, *, channels: int = 2, size=(40, 48, 40)):
     image, label, affine = template()
     cases = []
     for i in range(n):
-        starts = [(s - c) // 2 + d for s, c, d in zip(image.shape, size, ((i % 3) - 1, (i % 2) * 2, -(i % 2)))]
+        starts = [
+            (s - c) // 2 + d for s, c, d in zip(image.shape, size, ((i % 3) - 1, (i % 2) * 2, -(i % 2)))
+        ]
         box = tuple(slice(a, a + c) for a, c in zip(starts, size))
         img, lab = image[box] * (1.0 + 0.1 * i), label[box]
         if i % 2:

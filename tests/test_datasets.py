@@ -39,7 +39,9 @@ def test_three_layouts_read_the_same_cases(cases, tmp_path):
 def test_nnunet_v1_training_list_with_channel_files(cases, tmp_path):
     root = write_nnunet(tmp_path, cases[:2])
     meta = json.loads((root / "dataset.json").read_text())
-    meta["training"] = [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n, *_ in cases[:2]]
+    meta["training"] = [
+        {"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n, *_ in cases[:2]
+    ]
     (root / "dataset.json").write_text(json.dumps(meta))
     ds = find_dataset(root)
     assert [len(c.images) for c in ds.cases] == [2, 2] and ds.cases[0].images[1].name == "case00_0001.nii.gz"
@@ -56,7 +58,7 @@ def test_five_folds_partition_the_cases_deterministically():
     volumes = [type("V", (), {"name": f"c{i:02d}"})() for i in range(11)]
     folds = [split_cases(volumes, fold=k)[1] for k in range(FOLDS)]
     names = [[v.name for v in f] for f in folds]
-    assert sorted(sum(names, [])) == sorted(v.name for v in volumes)  # a partition
+    assert sorted(n for part in names for n in part) == sorted(v.name for v in volumes)  # a partition
     assert [len(n) for n in names] == [3, 2, 2, 2, 2]
     assert names == [[v.name for v in split_cases(volumes[::-1], fold=k)[1]] for k in range(FOLDS)]
     train, val = split_cases(volumes, val_cases=["c03", "c07"])
@@ -90,7 +92,7 @@ def test_cases_of_different_spacing_are_resampled_to_the_median(cases, tmp_path)
 
 def test_non_finite_voxels_are_refused_or_zeroed(cases, tmp_path):
     root = write_nnunet(tmp_path, cases[:2])
-    name, chans, label, affine = cases[1]
+    name, chans, _, affine = cases[1]
     bad = chans[1].copy()
     bad[3, 4, 5], bad[6, 7, 8] = np.nan, np.inf
     path = save(root / "imagesTr" / f"{name}_0001.nii.gz", bad, affine)
@@ -118,12 +120,12 @@ def test_dataset_errors_name_the_problem(cases, tmp_path):
         load_dataset(root)
     meta["file_ending"] = ".mha"
     (root / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="file_ending '.mha'"):
+    with pytest.raises(ValueError, match=r"file_ending '\.mha'"):
         find_dataset(root)
     (root / "labelsTr" / "case01.nii.gz").unlink()
     meta["file_ending"] = ".nii.gz"
     (root / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(FileNotFoundError, match="no label labelsTr/case01.nii.gz"):
+    with pytest.raises(FileNotFoundError, match=r"no label labelsTr/case01\.nii\.gz"):
         find_dataset(root)
     listing = tmp_path / "list.json"
     listing.write_text(json.dumps({"training": [{"image": "nope.nii.gz", "label": "nope.nii.gz"}]}))
