@@ -353,6 +353,15 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     return result
 
 
+def _validation_text(cfg: TrainConfig, split) -> str:
+    if split.slab:
+        return "held-out z-slab"
+    names = [v.name for v in split.val]
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    fold = f"fold {cfg.fold} of 5: " if cfg.fold is not None else ""
+    return f"{fold}{len(names)} held-out case(s) ({shown})"
+
+
 def _resolved(cfg: TrainConfig, lr: float, spacing) -> TrainConfig:
     """``cfg`` as this run uses it: the peak lr, absolute paths, the training voxel size."""
     import dataclasses
@@ -397,7 +406,7 @@ def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> di
         "dice": {c: round(m["dice"], 4) for c, m in final.items()},
         "hd95_mm": {c: (round(m["hd95"], 3) if math.isfinite(m["hd95"]) else None) for c, m in final.items()},
         "mean_dice": round(mean_metric(final, "dice"), 4),
-        "validation": "held-out z-slab" if split.slab else f"{len(split.val)} held-out case(s)",
+        "validation": _validation_text(cfg, split),
         "slab": list(split.slab) if split.slab else None,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
