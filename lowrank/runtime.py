@@ -14,10 +14,14 @@ trimming, the heap grown 256 MiB at a time) freed memory is reused warm and the 
 no fault at all (3.0 → 2.3 s). Setting them with ``mallopt`` in a running process does not work
 as well (the heap already holds the interpreter's blocks; measured slower than the default in
 some runs), so :func:`reexec_with_allocator_env` restarts the process itself with the variables
-set: ``lowrank train`` and ``lowrank predict`` do this on glibc unless ``--no-retain-memory`` is
-given or the variables are already set. The process keeps its peak footprint until it exits.
-Elsewhere (macOS, Windows, musl) nothing changes. In your own scripts, export the variables
-(``export $(python -m lowrank.runtime)``) or set ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's
+set. That is opt-in: ``lowrank train --retain-memory`` / ``lowrank predict --retain-memory`` (or
+``LOWRANK_RETAIN_MEMORY=1``) restart once on glibc, only when run from the shell as ``lowrank``
+or ``python -m lowrank`` (never when :func:`lowrank.cli.main` is called from a script, which
+would run the script's own code twice), and never for a CUDA run. The default run (24³
+patches, tensors below glibc's mmap threshold) gains nothing from it (``bench/README.md``).
+The process keeps its peak footprint until it exits. Elsewhere (macOS, Windows, musl) nothing
+changes. Without a restart, export the variables before Python starts
+(``export $(python -m lowrank.runtime)``), or set ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's
 transparent huge pages: 4 KiB faults become 2 MiB ones).
 """
 

@@ -24,7 +24,6 @@ import dataclasses
 import os
 import re
 import sys
-import types
 import typing
 from pathlib import Path
 
@@ -79,29 +78,18 @@ def config_help(cls) -> dict[str, str]:
     return {k: v.replace("``", "").replace(":func:", "").replace("`", "") for k, v in helps.items()}
 
 
-def _unwrap(tp):
-    """``(base type, Literal choices or None, optional)`` of an annotation."""
-    optional = False
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(tp))
-        tp = args[0]
-    if typing.get_origin(tp) is typing.Literal:
-        choices = list(typing.get_args(tp))
-        return type(choices[0]), choices, optional
-    return tp, None, optional
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per dataclass field (``--val-every`` for ``val_every``); not given = not set.
 
     ``bool`` fields get ``--x``/``--no-x``; tuples take several values; ``Literal`` types give
     the choices; the help text is the field's docstring line and its default.
     """
+    from .config import unwrap_type
+
     helps = config_help(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp, choices, _ = _unwrap(hints[f.name])
+        tp, choices, _ = unwrap_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         kwargs: dict = {"default": argparse.SUPPRESS, "help": f"{helps.get(f.name, '')} (default: {shown})"}

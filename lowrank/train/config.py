@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..data import DEFAULT_HOLDOUT, Volume, load_dataset, load_template, split_cases, split_slab
 
@@ -18,6 +20,7 @@ __all__ = [
     "load_split",
     "load_config_file",
     "default_lr",
+    "unwrap_type",
 ]
 
 #: The default net: a small Swin Factorizer (88k parameters), about a minute of training on a CPU.
@@ -236,6 +239,7 @@ def load_config_file(path: str | Path) -> dict:
     from ..registry import did_you_mean
 
     names = [f.name for f in fields(TrainConfig)]
+    hints = typing.get_type_hints(TrainConfig)
     options = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -244,8 +248,53 @@ def load_config_file(path: str | Path) -> dict:
                 f"--config {path}: unknown option {key!r};{did_you_mean(name, names)} "
                 "see `lowrank train --help`"
             )
-        options[name] = value
+        options[name] = _coerce(value, hints[name], f"--config {path}: {key}")
     return options
+
+
+def unwrap_type(tp) -> tuple[Any, list | None, bool]:
+    """``(base type, Literal choices or None, optional)`` of a :class:`TrainConfig` annotation."""
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+    if typing.get_origin(tp) is typing.Literal:
+        choices = list(typing.get_args(tp))
+        return type(choices[0]), choices, optional
+    return tp, None, optional
+
+
+def _coerce(value, hint, where: str):
+    """A value of a config file as the field's type (a scalar for a tuple field is one item)."""
+    base, choices, optional = unwrap_type(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{where}: a value is required (not null)")
+    if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_scalar(v, item, where) for v in values)
+    result = _scalar(value, base, where)
+    if choices and result not in choices:
+        raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+    return result
+
+
+def _scalar(value, tp, where: str):
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp in (int, float) and not isinstance(value, bool):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            number = tp(value) if isinstance(value, str) else value
+        except ValueError:
+            number = None
+        if isinstance(number, (int, float)) and (tp is float or float(number).is_integer()):
+            return tp(number)
+    if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{where}: expected {'true/false' if tp is bool else tp.__name__}, got {value!r}")
 
 
 @dataclass

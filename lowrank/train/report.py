@@ -303,6 +303,8 @@ def summary(metrics: dict, out: Path, figures: list[str]) -> str:
         f"thread{'s' if metrics['threads'] != 1 else ''}, "
         f"{metrics['world_size']} process{'es' if metrics['world_size'] > 1 else ''}), "
         f"{metrics['steps_per_s'] or 0:.2f} steps/s",
+        f" data: channels {', '.join(metrics.get('channels') or ['?'])} · voxels "
+        f"{'×'.join(f'{v:g}' for v in metrics.get('spacing_mm') or [])} mm",
         f" validation: {metrics['validation']}",
         "",
         f" {'class':<12}{'Dice':>8}{'HD95 (mm)':>12}",
