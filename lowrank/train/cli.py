@@ -206,7 +206,8 @@ def _retain_memory(args: argparse.Namespace, device: str | None) -> None:
 def _add_memory_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retain-memory",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="CPU runs from the shell: restart the process once with glibc malloc tunables that reuse "
         f"freed memory instead of page-faulting large tensors in again at every step (or set "
         f"{RETAIN_MEMORY_ENV}=1; or `export $(python -m lowrank.runtime)` yourself; see lowrank.runtime)",

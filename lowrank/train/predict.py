@@ -27,7 +27,7 @@ from .. import build_net
 from ..data import group_channel_files, normalize_intensity, read_nifti, require_nibabel, resample
 from .checkpoint import CheckpointError, load_checkpoint, net_info
 from .evaluate import evaluate_files
-from .infer import sliding_window_predict
+from .infer import autocast_context, sliding_window_predict
 
 __all__ = ["load_model", "predict_array", "predict_file", "predict_cases", "evaluate_files"]
 
@@ -275,6 +275,9 @@ def predict_cases(
         raise ValueError(
             f"{checkpoint} is an image: the checkpoint comes first (lowrank predict CKPT IMAGE -o OUT)"
         )
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    autocast_context(amp, torch.device(device))  # --amp fp16 needs CUDA: refused before any work
     output = Path(output)
     folder = bool(inputs)
     _check_output_path(output, folder)
