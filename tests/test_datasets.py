@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from cli_data import CHANNELS, CLASSES, make_cases, save, write_datalist, write_decathlon, write_nnunet
 
-from lowrank.data import find_dataset, load_dataset, split_cases
+from lowrank.data import dataset_names, find_dataset, load_dataset, split_cases
 from lowrank.data.datasets import FOLDS
 from lowrank.train.config import load_split
+from lowrank.train.evaluate import class_names
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,12 @@ def test_dataset_errors_name_the_problem(cases, tmp_path):
     listing.write_text(json.dumps({"training": [{"image": "nope.nii.gz", "label": "nope.nii.gz"}]}))
     with pytest.raises(FileNotFoundError, match=r"training\[0\]: no such image file"):
         find_dataset(listing)
+
+
+def test_class_names_from_either_dataset_json(cases, tmp_path):
+    v2 = write_nnunet(tmp_path / "v2", cases[:1])
+    msd = write_decathlon(tmp_path / "msd", cases[:1])
+    assert dataset_names(v2) == (CLASSES, CHANNELS) == dataset_names(msd / "dataset.json")
+    assert (
+        class_names([str(v2 / "dataset.json")]) == list(CLASSES) == class_names([str(msd / "dataset.json")])
+    )

@@ -7,6 +7,7 @@ rebuilt byte-for-byte from an installed nilearn by ``scripts/build_data.py``.
 from .datasets import (
     Case,
     Dataset,
+    dataset_names,
     find_dataset,
     group_channel_files,
     load_cases,
@@ -31,6 +32,7 @@ from .volumes import (
 __all__ = [
     "Case",
     "Dataset",
+    "dataset_names",
     "find_dataset",
     "group_channel_files",
     "load_dataset",

@@ -32,6 +32,7 @@ from .volumes import Volume, find_cases, normalize_intensity, read_nifti
 __all__ = [
     "Case",
     "Dataset",
+    "dataset_names",
     "find_dataset",
     "group_channel_files",
     "load_cases",
@@ -165,6 +166,20 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def dataset_names(path: str | Path) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """``(class names, channel names)`` of a ``dataset.json`` or datalist (``None``: not given).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not JSON, or malformed ``labels``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    return _from_description(_read_json(path), path)
 
 
 def _from_description(meta: dict, source: Path) -> tuple:

@@ -41,9 +41,9 @@ def class_names(classes: Sequence[str] | None) -> list[str] | None:
         return None
     classes = list(classes)
     if len(classes) == 1 and classes[0].endswith(".json"):
-        from ..data import find_dataset
+        from ..data.datasets import dataset_names
 
-        names = find_dataset(Path(classes[0])).classes
+        names = dataset_names(classes[0])[0]
         if not names:
             raise ValueError(f"--classes {classes[0]}: no 'labels' in this file")
         return list(names)
