@@ -256,3 +256,18 @@ def test_restart_is_asked_by_flag_or_variable_never_for_cuda(monkeypatch):
     assert not restarts(False)
     monkeypatch.setattr(train_cli, "_launched_as_lowrank", lambda: False)  # a user's script
     assert not restarts(True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(trained, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(img, path):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(nib, "save", full)
+    out = tmp_path / "preds" / "seg.nii.gz"
+    argv = ["predict", trained / "run" / "checkpoint.pt", trained / "t1.nii.gz", "-o", out, "--overlap", "0"]
+    assert "No space left on device" in main_error(capsys, argv, "predict")
+    assert list((tmp_path / "preds").iterdir()) == []

@@ -34,20 +34,15 @@ RETAIN_MEMORY_ENV = "LOWRANK_RETAIN_MEMORY"
 
 
 def _clean_errors(handler):
-    """Report a missing file or package as one line and exit code 2 (like the ValueErrors)."""
+    """Report a missing file or package, a full disk or a read-only folder as one line and exit
+    code 2 (like the ValueErrors)."""
     import functools
 
     @functools.wraps(handler)
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (
-            FileNotFoundError,
-            NotADirectoryError,
-            IsADirectoryError,
-            ImportError,
-            FloatingPointError,
-        ) as err:
+        except (OSError, ImportError, FloatingPointError) as err:  # missing files, disk full, read-only
             print(f"lowrank {args.command}: error: {err}", file=sys.stderr)
             return 2
 

@@ -18,8 +18,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 
 from ..data import require_nibabel
 from .infer import segmentation_metrics
+from .report import write_text_atomic
 
 __all__ = ["evaluate", "evaluate_files", "format_table", "class_names"]
 
@@ -103,20 +102,6 @@ def _pairs(prediction: Path, reference: Path) -> list[tuple[str, Path, Path]]:
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
     return [(r.name, prediction / r.name, r) for r in refs]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _finite(value: float) -> float | None:
@@ -224,8 +209,8 @@ def evaluate(
         for n, m in mean.items():
             writer.writerow(["mean", n, f"{m['dice']:.6f}", f"{m['hd95']:.6f}"])
         csv_path = output.with_name("metrics.csv")
-        _write_atomic(output, json.dumps(summary, indent=2) + "\n")
-        _write_atomic(csv_path, buffer.getvalue())
+        write_text_atomic(output, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(csv_path, buffer.getvalue())
         result["written"] = [str(output), str(csv_path)]
     return result
 

@@ -30,6 +30,7 @@ from . import distributed as D
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, net_info, save_checkpoint
 from .config import RESUMABLE, TrainConfig, default_lr, load_split
 from .infer import autocast_context, mean_metric, segmentation_metrics, sliding_window_predict
+from .report import write_text_atomic
 
 __all__ = [
     "train",
@@ -274,7 +275,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     loss_fn = make_loss()
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.to_json() + "\n")
+        write_text_atomic(out / "config.json", cfg.to_json() + "\n")
     pause = int(os.environ.get(_PAUSE_ENV, "-1"))
     bar = tqdm(
         total=cfg.steps,
@@ -409,7 +410,7 @@ def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> di
         "validation": _validation_text(cfg, split),
         "slab": list(split.slab) if split.slab else None,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     figures: list[str] = []
     if cfg.report:
         from .report import write_figures

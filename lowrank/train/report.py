@@ -16,10 +16,41 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["write_figures", "plot_curves", "plot_overlay", "plot_components", "component_maps", "summary"]
+__all__ = [
+    "write_text_atomic",
+    "write_figures",
+    "plot_curves",
+    "plot_overlay",
+    "plot_components",
+    "component_maps",
+    "summary",
+]
 
 #: label colours (background transparent): CSF, GM, WM, then matplotlib's tab10
 _COLOURS = ["#00000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a text file atomically (a temp file in the same folder, then a rename).
+
+    A reader, or a crash at any moment, sees the previous file or the new one, never a part.
+    """
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def _plt():
