@@ -20,6 +20,7 @@ labels; the median spacing unless one is given), and z-score normalized per chan
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -153,9 +154,25 @@ def _datalist_cases(entries, base: Path, source, key: str) -> list[Case]:
         label = None if label is None else (Path(label) if Path(label).is_absolute() else base / label)
         if label is not None and not label.is_file():
             raise FileNotFoundError(f"{source}: {key}[{number}]: no such label file {label}")
-        name = _CHANNEL_RE.sub("", _stem(paths[0]))
-        cases.append(Case(name, paths, label))
+        cases.append(Case(_case_name(paths), paths, label))
+    names = [c.name for c in cases]
+    if len(set(names)) < len(names):  # e.g. every case an image.nii.gz in its own folder
+        for case in cases:
+            case.name = f"{case.images[0].parent.name}/{case.name}"
+        if len({c.name for c in cases}) < len(cases):
+            raise ValueError(f"{source}: {key} has several cases of the same file name")
     return cases
+
+
+def _case_name(paths: Sequence[Path]) -> str:
+    """``CASE`` of ``CASE_0000.nii.gz``; the common stem of channel files (``BraTS_001_t1``,
+    ``BraTS_001_flair`` → ``BraTS_001``)."""
+    stems = [_stem(p) for p in paths]
+    if len(stems) == 1:
+        return _CHANNEL_RE.sub("", stems[0])
+    prefix = os.path.commonprefix(stems)  # noqa: RUF071 (characters of file names, meant)
+    cut = max(prefix.rfind(c) for c in "_-.")
+    return (prefix[:cut] if cut > 0 else prefix) or _CHANNEL_RE.sub("", stems[0])
 
 
 def _read_json(path: Path) -> dict:
@@ -365,8 +382,9 @@ def split_cases(
 
     Args:
         volumes: the cases (any order; named).
-        fold: validate on fold ``k`` of :data:`FOLDS`: the case names sorted, permuted with
-            seed :data:`FOLD_SEED`, cut into 5 near-equal parts (deterministic).
+        fold: validate on fold ``k`` of :data:`FOLDS`: the case names sorted, shuffled by
+            ``numpy.random.RandomState(12345)``, cut into 5 near-equal parts: the folds of
+            nnU-Net (``KFold(5, shuffle=True, random_state=12345)``), so results compare.
         val_cases: validate on these case names.
 
     Default: the last ``max(1, round(0.2 n))`` cases by name.
@@ -381,8 +399,10 @@ def split_cases(
             raise ValueError(
                 f"--fold needs at least {FOLDS} cases, the data has {len(ordered)}: use --val-cases"
             )
-        parts = np.array_split(np.random.default_rng(FOLD_SEED).permutation(len(ordered)), FOLDS)
-        chosen = {names[i] for i in parts[fold]}
+        # nnU-Net's split: sklearn KFold(5, shuffle=True, random_state=12345) of the sorted names
+        order = np.arange(len(ordered))
+        np.random.RandomState(FOLD_SEED).shuffle(order)
+        chosen = {names[i] for i in np.array_split(order, FOLDS)[fold]}
     elif val_cases:
         unknown = [n for n in val_cases if n not in names]
         if unknown:
