@@ -9,7 +9,7 @@ import pytest
 from cli_data import CHANNELS, CLASSES, make_cases, save, write_datalist, write_decathlon, write_nnunet
 
 from lowrank.data import dataset_names, find_dataset, load_dataset, split_cases
-from lowrank.data.datasets import FOLDS
+from lowrank.data.volumes import FOLDS
 from lowrank.train.config import load_split
 from lowrank.train.evaluate import class_names
 

@@ -13,7 +13,6 @@ from .datasets import (
     load_cases,
     load_dataset,
     resample,
-    split_cases,
 )
 from .sampler import PatchSampler
 from .transforms import train_transform
@@ -26,6 +25,7 @@ from .volumes import (
     normalize_intensity,
     read_nifti,
     require_nibabel,
+    split_cases,
     split_slab,
 )
 

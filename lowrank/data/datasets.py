@@ -39,15 +39,8 @@ __all__ = [
     "load_cases",
     "load_dataset",
     "resample",
-    "split_cases",
-    "FOLDS",
-    "FOLD_SEED",
 ]
 
-#: Cases are split into this many folds for ``--fold`` (as nnU-Net does).
-FOLDS = 5
-#: The seed of the fold split (the permutation of the case names sorted alphabetically).
-FOLD_SEED = 12345
 _NIFTI_RE = re.compile(r"\.nii(\.gz)?$")
 _CHANNEL_RE = re.compile(r"_(\d{4})$")
 
@@ -373,47 +366,3 @@ def load_dataset(
 def load_cases(data: str | Path, classes: Sequence[str] | None = None) -> list[Volume]:
     """The normalized volumes of a dataset (:func:`load_dataset` with its defaults)."""
     return load_dataset(data, classes=classes).volumes
-
-
-def split_cases(
-    volumes: Sequence[Volume], *, fold: int | None = None, val_cases: Sequence[str] | None = None
-) -> tuple[list[Volume], list[Volume]]:
-    """Whole-case training/validation split.
-
-    Args:
-        volumes: the cases (any order; named).
-        fold: validate on fold ``k`` of :data:`FOLDS`: the case names sorted, shuffled by
-            ``numpy.random.RandomState(12345)``, cut into 5 near-equal parts: the folds of
-            nnU-Net (``KFold(5, shuffle=True, random_state=12345)``), so results compare.
-        val_cases: validate on these case names.
-
-    Default: the last ``max(1, round(0.2 n))`` cases by name.
-
-    Raises:
-        ValueError: fewer cases than folds, unknown names, or nothing left to train on.
-    """
-    ordered = sorted(volumes, key=lambda v: v.name)
-    names = [v.name for v in ordered]
-    if fold is not None:
-        if len(ordered) < FOLDS:
-            raise ValueError(
-                f"--fold needs at least {FOLDS} cases, the data has {len(ordered)}: use --val-cases"
-            )
-        # nnU-Net's split: sklearn KFold(5, shuffle=True, random_state=12345) of the sorted names
-        order = np.arange(len(ordered))
-        np.random.RandomState(FOLD_SEED).shuffle(order)
-        chosen = {names[i] for i in np.array_split(order, FOLDS)[fold]}
-    elif val_cases:
-        unknown = [n for n in val_cases if n not in names]
-        if unknown:
-            raise ValueError(
-                f"--val-cases: no case named {', '.join(unknown)}; the cases are {', '.join(names)}"
-            )
-        chosen = set(val_cases)
-    else:
-        chosen = set(names[-max(1, round(0.2 * len(names))) :])
-    train = [v for v in ordered if v.name not in chosen]
-    val = [v for v in ordered if v.name in chosen]
-    if not train:
-        raise ValueError("every case is a validation case: leave some for training")
-    return train, val

@@ -30,7 +30,7 @@ from . import distributed as D
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, net_info, save_checkpoint
 from .config import RESUMABLE, TrainConfig, default_lr, load_split
 from .infer import autocast_context, mean_metric, segmentation_metrics, sliding_window_predict
-from .report import write_text_atomic
+from .report import validation_text, write_text_atomic
 
 __all__ = [
     "train",
@@ -243,7 +243,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     history: dict[str, Any] = {"step": [], "loss": [], "lr": [], "val": []}
     start, elapsed_before, cpu_before = 0, 0.0, 0.0
     # what this run uses (config.json and the checkpoint): resolved lr, paths and spacing
-    cfg = _resolved(cfg, lr, spacing)
+    cfg = cfg.resolved(lr, spacing)
     state = _resume_state(cfg, ckpt_path, net)
     if state is not None:
         try:
@@ -354,28 +354,6 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     return result
 
 
-def _validation_text(cfg: TrainConfig, split) -> str:
-    if split.slab:
-        return "held-out z-slab"
-    names = [v.name for v in split.val]
-    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    fold = f"fold {cfg.fold} of 5: " if cfg.fold is not None else ""
-    return f"{fold}{len(names)} held-out case(s) ({shown})"
-
-
-def _resolved(cfg: TrainConfig, lr: float, spacing) -> TrainConfig:
-    """``cfg`` as this run uses it: the peak lr, absolute paths, the training voxel size."""
-    import dataclasses
-
-    return dataclasses.replace(
-        cfg,
-        lr=lr,
-        data=None if cfg.data is None else str(Path(cfg.data).resolve()),
-        out=str(Path(cfg.out).resolve()),
-        spacing=tuple(spacing) if cfg.data is not None or cfg.spacing is not None else None,
-    )
-
-
 def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> dict[str, Any]:
     """metrics.json, figures and the summary (rank 0)."""
     if not info.is_main:
@@ -407,7 +385,7 @@ def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> di
         "dice": {c: round(m["dice"], 4) for c, m in final.items()},
         "hd95_mm": {c: (round(m["hd95"], 3) if math.isfinite(m["hd95"]) else None) for c, m in final.items()},
         "mean_dice": round(mean_metric(final, "dice"), 4),
-        "validation": _validation_text(cfg, split),
+        "validation": validation_text(cfg, split),
         "slab": list(split.slab) if split.slab else None,
     }
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "validation_text",
     "write_text_atomic",
     "write_figures",
     "plot_curves",
@@ -28,6 +29,16 @@ __all__ = [
 
 #: label colours (background transparent): CSF, GM, WM, then matplotlib's tab10
 _COLOURS = ["#00000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def validation_text(cfg, split) -> str:
+    """How a run validates: the held-out slab, or the held-out cases (and the fold)."""
+    if split.slab:
+        return "held-out z-slab"
+    names = [v.name for v in split.val]
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    fold = f"fold {cfg.fold} of 5: " if cfg.fold is not None else ""
+    return f"{fold}{len(names)} held-out case(s) ({shown})"
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
