@@ -58,6 +58,7 @@ def test_train_with_a_config_file_on_a_decathlon_dataset(workflow):
     # the end-of-run summary names the classes and the validation cases
     summary = (workflow / "train.out").read_text()
     assert "validation: fold 0 of 5" in summary
+    assert "5 case(s), channels T1, T1inv; classes background, csf, gm, wm; voxels 2×2×2 mm" in summary
     assert [
         line.split()[0] for line in summary.splitlines() if line.startswith(" csf") or line.startswith(" wm")
     ] == [

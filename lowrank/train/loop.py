@@ -30,7 +30,7 @@ from . import distributed as D
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, net_info, save_checkpoint
 from .config import RESUMABLE, TrainConfig, default_lr, load_split
 from .infer import autocast_context, mean_metric, segmentation_metrics, sliding_window_predict
-from .report import validation_text, write_text_atomic
+from .report import data_text, validation_text, write_text_atomic
 
 __all__ = [
     "train",
@@ -213,6 +213,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         nan_to_num=cfg.nan_to_num,
     )
     k = len(split.classes)
+    if cfg.data is not None and info.is_main and not cfg.quiet:
+        print(data_text(cfg, split), flush=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = _build(cfg, split.in_channels, k).to(device)

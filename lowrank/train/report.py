@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "data_text",
     "validation_text",
     "write_text_atomic",
     "write_figures",
@@ -29,6 +30,16 @@ __all__ = [
 
 #: label colours (background transparent): CSF, GM, WM, then matplotlib's tab10
 _COLOURS = ["#00000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def data_text(cfg, split) -> str:
+    """One line on the data of a run: cases, channels, classes, voxel size, validation."""
+    cases = len(split.train) + len(split.val) if split.slab is None else 1
+    spacing = "×".join(f"{v:g}" for v in split.full.spacing)
+    return (
+        f"[lowrank] {cfg.data}: {cases} case(s), channels {', '.join(split.channels)}; classes "
+        f"{', '.join(split.classes)}; voxels {spacing} mm; validation: {validation_text(cfg, split)}"
+    )
 
 
 def validation_text(cfg, split) -> str:
