@@ -282,7 +282,8 @@ def add_commands(subparsers) -> None:
         nargs="+",
         default=None,
         help="class names, background first; or a dataset.json / checkpoint.pt to take them from "
-        "(default: background, class1, ... up to the largest reference label)",
+        "(default: the dataset.json next to a reference folder such as Task01/labelsTs, else "
+        "background, class1, ... up to the largest reference label)",
     )
     p.add_argument(
         "-o", "--output", default=None, help="summary JSON file (metrics.csv is written next to it)"

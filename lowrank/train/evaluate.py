@@ -121,7 +121,8 @@ def evaluate(
         prediction, reference: two label-map files, or two folders paired by file name (every
             reference needs a prediction; other files in the prediction folder are ignored).
         classes: class names (background first), or one path to a ``dataset.json`` or
-            ``checkpoint.pt``; default: ``background, class1, …`` up to the largest reference label.
+            ``checkpoint.pt``; default: the ``dataset.json`` next to a reference folder (as
+            for ``labelsTs/``), else ``background, class1, …`` up to the largest reference label.
         output: the summary JSON to write (``metrics.csv`` next to it); default for folders:
             ``PREDICTION/summary.json``; for two files: nothing written.
 
@@ -138,6 +139,11 @@ def evaluate(
             raise FileNotFoundError(f"no such file or folder: {p}")
     pairs = _pairs(prediction, reference)
     names = class_names(classes)
+    description = reference.parent / "dataset.json"
+    if names is None and reference.is_dir() and description.is_file():  # labelsTs/ of a dataset
+        from ..data.datasets import dataset_names
+
+        names = list(dataset_names(description)[0] or []) or None
     loaded = []
     for case, pred_path, ref_path in pairs:  # every file is read and checked before any metric
         ref, ref_img = _read_labels(ref_path, "reference")
