@@ -161,8 +161,6 @@ def _resume_state(cfg: TrainConfig, path: Path, net: dict) -> dict | None:
     for key, value in now.items():
         if key in RESUMABLE or key == "spec" or key not in saved or saved[key] == value:
             continue
-        if key == "lr" and value is None:
-            continue
         flag = "--" + key.replace("_", "-")
         raise CheckpointError(
             f"--resume: {path} was trained with {flag} {saved[key]!r}, this run asks {value!r}; on resume "
