@@ -173,14 +173,15 @@ def _check_depth(spec: Spec) -> None:
         )
 
 
-def _located(spec: Spec, name: str, err: Exception) -> SpecError:
+def _located(spec: Spec, name: str, err: Exception, cls: type[SpecError] = SpecError) -> SpecError:
     """A constructor's error as a :class:`SpecError` with the spec and a caret under the first
     keyword the message names (or under the part's name)."""
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    message = err.message if isinstance(err, SpecError) else str(err).strip()
+    message = message.splitlines()[0] if message else type(err).__name__
     key = next((k for k in spec.kwargs if re.search(rf"\b{re.escape(k)}\b", message)), None)
     if not message.startswith(name):
         message = f"{name}(...): {message}"
-    return spec.error(message, key, "key")
+    return spec.error(message, key, "key", cls)
 
 
 def validate(kind: str, spec: Spec) -> Spec:
@@ -279,8 +280,13 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
     unset = {k: v for k, v in context.items() if k not in checked.kwargs}
     try:
         part = info.obj(**_passable(info.obj, unset), **checked.kwargs)
-    except SpecError:
-        raise
+    except SpecError as err:
+        own = checked.where.text if checked.where is not None else None
+        if err.text is None or own is None or err.text == own:
+            raise
+        # a spec the constructor wrote itself (e.g. a net's inner ``global(head_dim=3)``):
+        # shown in the user's spec, under the keyword it came from
+        raise _located(checked, info.name, SpecError(f"{err.message} (in {err.text})"), type(err)) from err
     except (ValueError, TypeError, OverflowError, MemoryError, RuntimeError) as err:
         # the constructor's own checks (or an allocation a value made impossible), located
         raise _located(checked, info.name, err) from err
