@@ -214,6 +214,8 @@ def validate(kind: str, spec: Spec) -> Spec:
             given_by_caller = [a for a in accepted if a in context]
             caller_note = f" (set by the caller: {', '.join(given_by_caller)})" if given_by_caller else ""
             takes = f"accepted: {', '.join(options)}" if options else f"{info.name}() takes no arguments"
+            if kind == "update" and not options:
+                takes += " (eps and iters belong to the solver, e.g. nmf(update=hals, eps=1e-6))"
             raise spec.error(
                 f"{info.name}() has no keyword {key!r};{did_you_mean(key, accepted)} {takes}{caller_note}",
                 key,
