@@ -18,6 +18,7 @@ Which registry a nested name is looked up in is decided by the parameter's decla
 from __future__ import annotations
 
 import inspect
+import operator
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -165,6 +166,24 @@ def _passable(obj: Callable, context: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in context.items() if var_kw or k in accepted}
 
 
+def _check_context(kind: str, context: Mapping[str, Any]) -> None:
+    """The caller's channel counts and spatial dims (not part of any spec text)."""
+    for key in ("channels", "in_channels", "out_channels"):
+        if key not in context:
+            continue
+        value = context[key]
+        try:
+            count = operator.index(value) if not isinstance(value, bool) else None
+        except TypeError:
+            count = None
+        if count is None or count < 1:
+            raise ValueError(f"building a {kind}: {key} must be an int >= 1, got {value!r}")
+    if "spatial_dims" in context and context["spatial_dims"] not in (1, 2, 3):
+        raise ValueError(
+            f"building a {kind}: spatial_dims must be 1, 2 or 3, got {context['spatial_dims']!r}"
+        )
+
+
 def _check_depth(spec: Spec) -> None:
     if spec_depth(spec) > MAX_DEPTH:
         raise SpecError(
@@ -261,6 +280,7 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
     normalized = as_spec(spec)
     context_keys = KIND_CONTEXT.get(kind, ())
     context = {k: v for k, v in arguments.items() if k in context_keys and v is not None}
+    _check_context(kind, context)
     overrides = {k: v for k, v in arguments.items() if k not in context_keys and v is not None}
     if not isinstance(normalized, Spec):
         if isinstance(normalized, nn.Module) and not isinstance(normalized, type):

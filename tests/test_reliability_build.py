@@ -293,3 +293,18 @@ def test_fuzz_numbers_outside_a_parameter_range_are_refused(case, number):
     except TypeError:  # the number's type does not fit (an int parameter given a float)
         return
     assert bounds.contains(number), f"{text} was built although {key} must be {bounds.describe()}"
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda: build_block("factorizer", 0), "channels must be an int >= 1, got 0"),
+        (lambda: build_block("factorizer", 16.5), "channels must be an int >= 1, got 16.5"),
+        (lambda: build_block("factorizer", True), "channels must be an int >= 1, got True"),
+        (lambda: build_block("factorizer", 16, spatial_dims=4), "spatial_dims must be 1, 2 or 3, got 4"),
+        (lambda: build_net("unet", 1, 0), "out_channels must be an int >= 1, got 0"),
+    ],
+)
+def test_caller_arguments_are_checked(call, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        call()
