@@ -130,6 +130,8 @@ sphinx_gallery_conf = {
     "reset_modules": ("matplotlib", "seaborn"),
     "within_subsection_order": "FileNameSortKey",
     "min_reported_time": 1,
+    # the computation-times pages load jQuery and DataTables from CDNs: the site must work offline
+    "write_computation_times": False,
 }
 
 # -- the CLI reference: sphinx-argparse ---------------------------------------------------------
@@ -144,7 +146,7 @@ _render_list = _argparse_ext.render_list
 
 def _render_plain_help(items, markdown_help, settings=None):
     def escape(text: str) -> str:
-        pieces = _re.split(r"(`[^`]*`)", text)
+        pieces = _re.split(r"(``.*?``|`[^`]*`)", text)
         return "".join(p if p.startswith("`") else p.replace("*", "\\*") for p in pieces)
 
     return _render_list([escape(i) if isinstance(i, str) else i for i in items], markdown_help, settings)

@@ -2,7 +2,7 @@
 
 Examples::
 
-    lowrank train                                   # the default Swin Factorizer, ~1 min on a CPU
+    lowrank train                                   # the default Swin Factorizer, 41 s on a 2-core CPU
     lowrank train --spec "unet(channels=[8, 16, 32, 64])" --steps 300 --out runs/unet
     lowrank train --dims 2 --patch 64 64 --spec "ham_segnet" --out runs/ham2d
     lowrank train --resume --out runs/default        # continue after an interruption
