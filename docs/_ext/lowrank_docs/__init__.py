@@ -271,12 +271,37 @@ def _all_module_names() -> set[str]:
     return {"lowrank"} | {m.name for m in pkgutil.walk_packages(root.__path__, prefix="lowrank.")}
 
 
+def _prefer_modules(hidden: list[str]) -> None:
+    """Make autosummary import the modules in ``hidden`` as modules (see :func:`shadowed_modules`).
+
+    autosummary reads ``lowrank.build`` as the attribute ``build`` of ``lowrank`` (the function);
+    without this, such a module would get no page.
+    """
+    from sphinx.ext import autosummary
+
+    original = getattr(autosummary._import_by_name, "__wrapped__", autosummary._import_by_name)
+
+    def import_by_name(name: str, grouped_exception: bool = True):
+        if name in hidden:
+            module = importlib.import_module(name)
+            return module, None, name
+        return original(name, grouped_exception)
+
+    import_by_name.__wrapped__ = original
+    autosummary._import_by_name = import_by_name
+
+
 def _config_inited(app, config) -> None:
     context = dict(config.autosummary_context or {})
     context["registered"] = sorted(registered_targets())
     modules = public_modules()
     context["canonical"] = reexports(modules)
-    context["shadowed"] = shadowed_modules(modules)
+    hidden = shadowed_modules(modules)
+    _prefer_modules(hidden)
+    context["hidden_modules"] = {}
+    for name in hidden:  # autosummary leaves them out of their package's module list: put them back
+        package, _, short = name.rpartition(".")
+        context["hidden_modules"].setdefault(package, []).append(short)  # relative, as autosummary wants
     context["module_names"] = sorted(sys.modules.keys() & _all_module_names())
     config.autosummary_context = context
 
