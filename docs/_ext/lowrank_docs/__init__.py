@@ -172,8 +172,13 @@ def _data_homes() -> dict[str, str]:
 def short_name_index() -> dict[str, set[str]]:
     """Short name -> where classes and functions of that name are defined, over all of lowrank."""
     if not _SHORT_NAMES:
-        for name in public_modules():
-            module = importlib.import_module(name)
+        for name in sorted(_all_module_names()):
+            if name.rsplit(".", 1)[-1] == "__main__":
+                continue
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # an optional backend's module (Triton) without its package
+                continue
             for attr, obj in vars(module).items():
                 if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__.startswith("lowrank"):
                     _SHORT_NAMES.setdefault(attr, set()).add(f"{obj.__module__}.{obj.__qualname__}")
@@ -203,7 +208,12 @@ def _missing_reference(app, env, node, contnode):
                 return resolved
     # a private implementation class (a base class or a type hint) is not documented: plain text
     name = real or target
-    if name.startswith("lowrank.") and any(p.startswith("_") for p in name.split(".")):
+    if any(p.startswith("_") and not p.startswith("__") for p in name.split(".")):
+        return contnode
+    # an autosummary table shows other objects' summaries out of their module: a short name there
+    # that names several objects is left unlinked (it is linked on the object's own page)
+    in_table = "<autosummary>" in (node.source or "")
+    if in_table and "." not in target and len(short_name_index().get(target, ())) > 1:
         return contnode
     return None
 
