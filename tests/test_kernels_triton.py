@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported
-
 import pytest
 import torch
 from hypothesis import example, given, settings
@@ -20,7 +18,7 @@ from lowrank.kernels import reference
 
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="the Triton interpreter runs CPU tensors"
+    os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors need the Triton interpreter (conftest)"
 )
 from lowrank.kernels import triton as tk  # noqa: E402
 

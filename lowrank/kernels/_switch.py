@@ -102,20 +102,19 @@ class use_kernels:  # noqa: N801 (used like a function, as timm's ``use_fused_at
 
 class pinned:  # noqa: N801
     """The current setting, to re-enter later (e.g. a checkpointed recomputation in backward):
-    ``with pinned_setting:`` runs under the setting active when it was made."""
+    ``with pinned():`` made at forward time runs its block under the setting active then."""
 
     def __init__(self):
         self.setting = current()
+        self._previous: list[str | None] = []
 
     def __enter__(self) -> pinned:
-        self._previous = _setting[0]
-        if not torch.compiler.is_compiling():
-            _setting[0] = self.setting
+        self._previous.append(_setting[0])
+        _setting[0] = self.setting
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not torch.compiler.is_compiling():
-            _setting[0] = self._previous
+        _setting[0] = self._previous.pop()
 
 
 def backend_for(device: torch.device, *, cpu_ok: bool = True, triton_ok: bool = True) -> str:

@@ -406,11 +406,14 @@ class Factorization(nn.Module):
         with torch.no_grad():  # the head: initial state and the first T - k steps
             start = self.factorize(self._prepare(x, mf, dtype, rank)[0], mf, rank, iters - k, eps)
 
-        pinned = kernels_setting()
+        setting = kernels_setting()
 
         def tail(x: Tensor, *start: Tensor) -> tuple[Tensor, ...]:
             # backward recomputes this under the forward's kernel backend, wherever it runs
-            with pinned:
+            # (under compile the backend is fixed at trace time: nothing to pin)
+            if torch.compiler.is_compiling():
+                return self._finish(x, mf, dtype, rank, k, eps, start)
+            with setting:
                 return self._finish(x, mf, dtype, rank, k, eps, start)
 
         return checkpoint(tail, x, *start, use_reentrant=False, preserve_rng_state=False)
