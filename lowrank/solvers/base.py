@@ -88,6 +88,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..build import InitSpec, build
+from ..kernels._switch import pinned as kernels_setting
 from ._numerics import (
     abs_max,
     compute_dtype,
@@ -291,8 +292,9 @@ class Factorization(nn.Module):
         """
         return True
 
-    def recompute(self, rank: int) -> bool:
-        """Whether ``grad_steps=k`` runs its k differentiated steps twice instead of saving them.
+    def recompute(self, rank: int, x: Tensor | None = None) -> bool:
+        """Whether ``grad_steps=k`` runs its k differentiated steps twice instead of saving them
+        (``x``: the call's input, for a family whose kernel backend decides).
 
         Default ``True``: the no-grad head runs first, then the last k steps and the
         reconstruction run under :func:`torch.utils.checkpoint.checkpoint` from the raw input
@@ -389,7 +391,7 @@ class Factorization(nn.Module):
 
     def _chunk_rows(self, x: Tensor, dtype: torch.dtype, rank: int) -> int:
         """How many entries of the first batch dim one chunk holds (all of them off CPU)."""
-        if x.device.type != "cpu" or x.dim() < 3 or not self.recompute(rank):
+        if x.device.type != "cpu" or x.dim() < 3 or not self.recompute(rank, x):
             return x.shape[0]
         per_row = x[0].numel() * torch.finfo(dtype).bits // 8
         return max(1, self.chunk_bytes // max(per_row, 1))
@@ -399,13 +401,20 @@ class Factorization(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One chunk: the gradient mode's head and tail; ``(out, state[0], U, V)``."""
         k = self.grad_steps
-        if not (torch.is_grad_enabled() and k is not None and k < iters and self.recompute(rank)):
+        if not (torch.is_grad_enabled() and k is not None and k < iters and self.recompute(rank, x)):
             return self._finish(x, mf, dtype, rank, iters, eps, None)
         with torch.no_grad():  # the head: initial state and the first T - k steps
             start = self.factorize(self._prepare(x, mf, dtype, rank)[0], mf, rank, iters - k, eps)
 
+        setting = kernels_setting()
+
         def tail(x: Tensor, *start: Tensor) -> tuple[Tensor, ...]:
-            return self._finish(x, mf, dtype, rank, k, eps, start)
+            # backward recomputes this under the forward's kernel backend, wherever it runs
+            # (under compile the backend is fixed at trace time: nothing to pin)
+            if torch.compiler.is_compiling():
+                return self._finish(x, mf, dtype, rank, k, eps, start)
+            with setting:
+                return self._finish(x, mf, dtype, rank, k, eps, start)
 
         return checkpoint(tail, x, *start, use_reentrant=False, preserve_rng_state=False)
 

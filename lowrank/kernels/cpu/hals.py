@@ -17,8 +17,8 @@ with ``inv_r = 1/B_rr`` (0 when ``B_rr <= eps·max_l B_ll``: a collapsed column)
 ``V_{j+1}`` from ``(V_j, U_j)``; the output is ``Ut_Tᵀ V_{T+1} / s``. From a given state
 ``(U_0, V_1)`` (the recomputed tail of ``grad_steps=k``) the first V update is skipped.
 
-Backward of one update, given ``G = dL/dW'``: the reverse sweep (as in :mod:`._sweep`)
-``g_r = G_r − Σ_{r'>r} B_{r r'} ĝ_{r'}``, ``ĝ_r = g_r · [W'_r > 0] · inv_r``; then
+Backward of one update, given ``G = dL/dW'``: the reverse sweep (as in :mod:`lowrank.solvers._sweep`)
+``g_r = G_r − Σ_{r'>r} B_{r r'} ĝ_{r'}``, ``ĝ_r = g_r · [W'_r > 0] · inv_r``; then::
 
     dW   = −triu(B, 1)ᵀ ĝ,     dXp += s · ĝᵀ H,
     dB   = −triu(W' ĝᵀ) − triu(ĝ Wᵀ, 1)      (upper triangle; the diagonal is the inv_r path:
@@ -45,8 +45,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._sweep import substitute_
-from .updates import kept_columns
+from ...solvers._sweep import substitute_
+from ...solvers.updates import kept_columns
 
 __all__ = ["hals_fused", "sub_rows"]
 
