@@ -18,6 +18,7 @@ Which registry a nested name is looked up in is decided by the parameter's decla
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,12 +36,14 @@ from .hints import (
     MonaiLayer,
     NetSpec,
     PartOf,
+    RangeMismatch,
     SolverSpec,
     UpdateSpec,
     coerce,
+    range_of,
 )
 from .registry import did_you_mean, get_part_info
-from .spec import NAME_RE, Spec, SpecError, SpecKeywordError, parse_spec
+from .spec import MAX_DEPTH, NAME_RE, Spec, SpecError, SpecKeywordError, parse_spec, spec_depth
 
 __all__ = [
     "PartOf",
@@ -130,8 +133,14 @@ def _what(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+#: constructors that take no arguments of their own (a part class without an ``__init__``)
+_NO_ARGUMENTS = (nn.Module.__init__, object.__init__)
+
+
 def _signature(obj: Callable) -> tuple[inspect.Signature, dict[str, Any]]:
     target = obj.__init__ if isinstance(obj, type) else obj
+    if inspect.unwrap(target) in _NO_ARGUMENTS:  # nn.Module's (*args, **kwargs) takes nothing
+        return inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]), {}
     signature = inspect.signature(target)
     try:
         hints = typing.get_type_hints(target, include_extras=True)
@@ -156,6 +165,24 @@ def _passable(obj: Callable, context: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in context.items() if var_kw or k in accepted}
 
 
+def _check_depth(spec: Spec) -> None:
+    if spec_depth(spec) > MAX_DEPTH:
+        raise SpecError(
+            f"the spec {spec.name}(...) nests deeper than {MAX_DEPTH} levels: flatten it "
+            "(real configurations nest a few levels)"
+        )
+
+
+def _located(spec: Spec, name: str, err: Exception) -> SpecError:
+    """A constructor's error as a :class:`SpecError` with the spec and a caret under the first
+    keyword the message names (or under the part's name)."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    key = next((k for k in spec.kwargs if re.search(rf"\b{re.escape(k)}\b", message)), None)
+    if not message.startswith(name):
+        message = f"{name}(...): {message}"
+    return spec.error(message, key, "key")
+
+
 def validate(kind: str, spec: Spec) -> Spec:
     """Check a spec (recursively) against the registry and constructor signatures.
 
@@ -171,6 +198,7 @@ def validate(kind: str, spec: Spec) -> Spec:
         SpecError: unknown part name (with "did you mean"), a value of the wrong type.
         SpecKeywordError: a keyword the part does not accept (with the accepted ones).
     """
+    _check_depth(spec)
     try:
         info = get_part_info(kind, spec.name)
     except ValueError as err:
@@ -184,20 +212,25 @@ def validate(kind: str, spec: Spec) -> Spec:
             options = [a for a in accepted if a not in context]
             given_by_caller = [a for a in accepted if a in context]
             caller_note = f" (set by the caller: {', '.join(given_by_caller)})" if given_by_caller else ""
+            takes = f"accepted: {', '.join(options)}" if options else f"{info.name}() takes no arguments"
             raise spec.error(
-                f"{info.name}() has no keyword {key!r};{did_you_mean(key, accepted)} "
-                f"accepted: {', '.join(options) or '(none)'}{caller_note}",
+                f"{info.name}() has no keyword {key!r};{did_you_mean(key, accepted)} {takes}{caller_note}",
                 key,
                 "key",
                 SpecKeywordError,
             )
+        hint = hints.get(
+            key, signature.parameters.get(key).annotation if key in signature.parameters else Any
+        )
         try:
-            coerced[key] = coerce(
-                value,
-                hints.get(
-                    key, signature.parameters.get(key).annotation if key in signature.parameters else Any
-                ),
-            )
+            coerced[key] = coerce(value, hint)
+            bounds = range_of(key, hint)
+            if bounds is not None:
+                bounds.check(coerced[key])
+        except RangeMismatch as err:
+            raise spec.error(
+                f"{info.name}({key}=...): {key} must be {err}, got {_what(value)}", key, "value"
+            ) from None
         except HintMismatch as err:
             raise spec.error(
                 f"{info.name}({key}=...) expects {err}, got {_what(value)}", key, "value"
@@ -219,7 +252,8 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
 
     Raises:
         SpecError, SpecKeywordError: see :func:`validate`; also a spec that contradicts a
-            context argument.
+            context argument, and the constructor's own ``ValueError`` (e.g. a head_dim that
+            does not divide the channels), shown with the spec and a caret.
     """
     normalized = as_spec(spec)
     context_keys = KIND_CONTEXT.get(kind, ())
@@ -243,7 +277,13 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
                 "key",
             )
     unset = {k: v for k, v in context.items() if k not in checked.kwargs}
-    part = info.obj(**_passable(info.obj, unset), **checked.kwargs)
+    try:
+        part = info.obj(**_passable(info.obj, unset), **checked.kwargs)
+    except SpecError:
+        raise
+    except (ValueError, TypeError, OverflowError, MemoryError, RuntimeError) as err:
+        # the constructor's own checks (or an allocation a value made impossible), located
+        raise _located(checked, info.name, err) from err
     if isinstance(part, nn.Module):  # the spec as written, with overrides, less the caller's context
         written = {k: _to_spec_value(v) for k, v in merged.kwargs.items() if k not in context}
         object.__setattr__(part, "spec", Spec(info.name, written))

@@ -27,7 +27,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Spec", "SpecError", "SpecKeywordError", "parse_spec", "format_value", "NAME_RE"]
+__all__ = [
+    "Spec",
+    "SpecError",
+    "SpecKeywordError",
+    "parse_spec",
+    "format_value",
+    "spec_depth",
+    "NAME_RE",
+    "MAX_DEPTH",
+]
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -35,6 +44,9 @@ _NUMBER_SPAN_RE = re.compile(r"[+-]?[.0-9](?:[eE][+-]|[0-9a-zA-Z_.])*")
 _WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEYWORDS = {"true": True, "false": False, "none": None}
 _ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t"}
+#: The deepest nesting of parts, lists and tuples a spec may have (real specs nest a few levels;
+#: the limit keeps parsing, validation and formatting far from Python's recursion limit).
+MAX_DEPTH = 64
 
 
 class SpecError(ValueError):
@@ -127,6 +139,32 @@ class Spec:
         return cls(message, where.text, column)
 
 
+def spec_depth(value: Any) -> int:
+    """How deeply parts, lists, tuples and dicts nest in ``value`` (iterative: any depth).
+
+    Args:
+        value: a :class:`Spec` or a spec value.
+
+    Returns:
+        0 for a plain value, 1 for a spec without nested containers, and so on.
+    """
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Spec):
+            children = item.kwargs.values()
+        elif isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def format_value(value: Any) -> str:
     """Format a spec value in the grammar (the inverse of parsing it).
 
@@ -168,6 +206,15 @@ class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.pos = 0
+        self.depth = 0
+
+    def enter(self, start: int) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(
+                f"the spec nests deeper than {MAX_DEPTH} levels of parts, lists and tuples: flatten it",
+                start,
+            )
 
     def fail(self, message: str, column: int | None = None) -> SpecError:
         return SpecError(message, self.text, self.pos if column is None else column)
@@ -211,6 +258,7 @@ class _Parser:
         keys: dict[str, int] = {}
         values: dict[str, int] = {}
         if self.peek() == "(":
+            self.enter(self.pos)
             self.pos += 1
             while self.peek() != ")":
                 if not self.peek():
@@ -240,10 +288,12 @@ class _Parser:
                     found = repr(self.peek()) if self.peek() else "end of text"
                     raise self.fail(f"expected ',' or ')' in {name}(...), found {found}")
             self.pos += 1
+            self.depth -= 1
         return Spec(name, kwargs, _Where(self.text, start, keys, values))
 
     def sequence(self, close: str, what: str) -> tuple[list[Any], bool]:
         open_at = self.pos - 1
+        self.enter(open_at)
         items: list[Any] = []
         trailing_comma = False
         while self.peek() != close:
@@ -258,6 +308,7 @@ class _Parser:
                 found = repr(self.peek()) if self.peek() else "end of text"
                 raise self.fail(f"expected ',' or {close!r} in {what}, found {found}")
         self.pos += 1
+        self.depth -= 1
         return items, trailing_comma
 
     def value(self) -> Any:

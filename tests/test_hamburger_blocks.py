@@ -146,7 +146,7 @@ def test_spec_round_trip_rebuilds_the_same_block():
         ({"dim": 10, "heads": 3}, "dim=10 is not divisible by heads=3"),
         ({"version": "v1", "dual": True}, "dual=true needs the cheese"),
         ({"norm": "nosuchnorm"}, "nosuchnorm"),
-        ({"dim": 0}, "dim must be a positive integer"),
+        ({"dim": 0}, "dim must be >= 1"),
     ],
 )
 def test_bad_configuration_fails_at_build_time(kwargs, match):

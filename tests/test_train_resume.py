@@ -7,9 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
-import pytest
 import torch
 
 from lowrank import build_net
@@ -52,7 +51,6 @@ def _command(out, steps=8):
 
 def _env(**extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("LOWRANK_TRAIN_PAUSE_AFTER_STEP", None)
     env.update(extra)
     return env
 
@@ -61,23 +59,17 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     # the uninterrupted run, in parallel with the run that will be killed
     ref = subprocess.Popen(_command(straight), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    # pause after step 5: the last checkpoint is at step 4, so step 5 is lost and must be redone
-    victim = subprocess.Popen(
-        _command(killed),
-        env=_env(LOWRANK_TRAIN_PAUSE_AFTER_STEP="5"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    # SIGKILL when step 6 starts (tests/_fault_child.py: the same run through the public API,
+    # killed by an injected forward_backward): the last checkpoint is at step 4, so step 5 is
+    # lost and must be redone
+    child = Path(__file__).with_name("_fault_child.py")
+    victim = subprocess.run(
+        [sys.executable, str(child), str(killed), "8", "step", "6"],
+        env=_env(),
+        capture_output=True,
         text=True,
     )
-    deadline = time.monotonic() + 500
-    for line in victim.stdout:
-        if "pausing after step 5" in line:
-            break
-        assert time.monotonic() < deadline
-    else:
-        pytest.fail(f"the run ended without pausing (exit {victim.wait()})")
-    os.kill(victim.pid, signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL
+    assert victim.returncode == -signal.SIGKILL, victim.stdout + victim.stderr
     assert load_checkpoint(killed / "checkpoint.pt")["step"] == 4
     resumed = subprocess.run([*_command(killed), "--resume"], env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -58,7 +58,9 @@ def hash_uniform(
     n = math.prod(shape)
     idx = torch.arange(n, device=device, dtype=torch.int64)
     counter = torch.as_tensor(counter, device=device, dtype=torch.int64)
-    key = _mix32(counter * 0x2C1B3C6D + (seed * 0x297A2D39 + 0x5BD1E995))
+    # only the low 32 bits of the seed term reach the hash (_mix32 masks first): masking here
+    # gives the same numbers and keeps any Python int seed within int64
+    key = _mix32(counter * 0x2C1B3C6D + ((seed * 0x297A2D39 + 0x5BD1E995) & _M32))
     h = _mix32(_mix32(idx ^ key) + key)
     return (((h >> 8) + 1).to(dtype) * (1.0 / (1 << 24))).reshape(shape)
 
@@ -96,15 +98,28 @@ def resolve_rank(rank: int | float, m: int, n: int) -> int:
     """The integer rank for an ``(M, N)`` matrix.
 
     Args:
-        rank: an int (returned as is) or a float compression ratio ``c > 0``.
+        rank: an int ``1 <= R <= max(M, N)`` (returned as is) or a float compression ratio
+            ``c > 0``.
         m: rows M.
         n: columns N.
 
     Returns:
-        ``rank``, or ``max(1, floor(M N / (c (M + N))))`` for a float.
+        ``rank``, or for a float ``max(1, floor(M N / (c (M + N))))`` capped at ``min(M, N)``
+        (a larger rank reproduces X and only costs memory).
+
+    Raises:
+        ValueError: an int rank above ``max(M, N)`` (its factors would be larger than X itself,
+            e.g. ``rank=10**9`` would ask for gigabytes), with the largest useful rank.
     """
     if isinstance(rank, bool):
         raise TypeError("rank must be an int or a float compression ratio, not a bool")
     if isinstance(rank, int):
+        if rank > max(m, n):
+            raise ValueError(
+                f"rank={rank} is larger than the ({m} × {n}) matrices it factorizes: use "
+                f"rank <= {min(m, n)} (an exact fit), or a float compression ratio such as rank=2.0"
+            )
         return rank
-    return max(1, int(m * n / (rank * (m + n))))
+    full = min(m, n)
+    ratio = m * n / (rank * (m + n))  # may be inf for a tiny ratio: capped before int()
+    return max(1, full if not ratio < full else int(ratio))

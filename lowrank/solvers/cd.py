@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..build import InitSpec
+from ..hints import Eps, Rank, Temperature
 from ..registry import register
 from .vq import SoftClustering, unit_columns
 
@@ -75,14 +76,14 @@ class CD(SoftClustering):
     def __init__(
         self,
         *,
-        rank: int | float = 64,
-        temperature: float = 0.01,
+        rank: Rank = 64,
+        temperature: Temperature = 0.01,
         beta: float = 0.1,
         iters: int = 6,
         eval_iters: int | None = None,
         init: InitSpec = "random_train",
         grad_steps: int | None = 1,
-        eps: float | None = None,
+        eps: Eps | None = None,
         fp32: bool = True,
         return_factors: bool = False,
     ):

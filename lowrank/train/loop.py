@@ -27,7 +27,14 @@ from torch import nn
 from .. import build_net
 from ..spec import SpecError
 from . import distributed as D
-from .checkpoint import FORMAT, CheckpointError, load_checkpoint, net_info, save_checkpoint
+from .checkpoint import (
+    FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    net_info,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
 from .config import RESUMABLE, TrainConfig, default_lr, load_split
 from .infer import autocast_context, mean_metric, segmentation_metrics, sliding_window_predict
 
@@ -43,8 +50,6 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-#: test hook: sleep (until killed) after this step, e.g. to ``kill -9`` a run at a known point
-_PAUSE_ENV = "LOWRANK_TRAIN_PAUSE_AFTER_STEP"
 
 
 def spec_text(spec: Any) -> str:
@@ -274,8 +279,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     loss_fn = make_loss()
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(ckpt_path)  # left by a writer killed mid-save
         (out / "config.json").write_text(cfg.to_json() + "\n")
-    pause = int(os.environ.get(_PAUSE_ENV, "-1"))
     bar = tqdm(
         total=cfg.steps,
         initial=start,
@@ -344,9 +349,6 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                     },
                 },
             )
-        if done == pause:
-            print(f"[lowrank] pausing after step {done} ({_PAUSE_ENV})", flush=True)
-            time.sleep(3600)
     bar.close()
     result = _finish(cfg, model, split, history, n_params, device, info, out)
     D.barrier()
