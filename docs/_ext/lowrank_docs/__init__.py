@@ -1,36 +1,32 @@
-"""Sphinx extension of the lowrank docs.
+"""Sphinx extension of the lowrank docs: the registry-driven parts reference and three hooks.
 
 - Before Sphinx reads the sources, it writes the parts reference (one page per kind, from the
-  live registry) and one page per module into ``docs/api/generated/``, and the benchmark
-  tables (from ``bench/README*.md``) into ``docs/api/generated/benchmarks.inc`` and
-  ``CONTRIBUTING.md`` into ``docs/api/generated/contributing.inc``.
-- ``lowrank-exec``: code blocks run at build time, shown with their real output
-  (:mod:`.execute`).
+  live registry) into ``docs/api/parts/`` (:mod:`.reference`), and tells autosummary's module
+  template which classes are registered parts (documented on their kind's page, so the module
+  page links to them instead of documenting them twice).
 - Docstrings use plain-text shape notation such as ``(*batch, M, N)``; a stray ``*`` there
-  would start reStructuredText emphasis, so it is escaped before autodoc renders it.
+  would start reStructuredText emphasis, so it is escaped before autodoc renders it. The keyword
+  descriptions of a registered part are in its kind page's table, so its docstring's ``Args:``
+  section is not repeated under it.
+- A cross-reference to a re-exported name (``lowrank.build_block``,
+  ``lowrank.train.TrainConfig``) or a short name in a docstring (``Spec`` in
+  :mod:`lowrank.build`) resolves to where the object is documented.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
-from .execute import ExecDirective, execution_enabled, reset_namespace
-from .markdown import benchmark_include, markdown_to_rst
-from .reference import write_reference
+from .reference import registered_targets, split_args_section, write_reference
 
-__all__ = ["setup", "escape_shape_stars"]
+__all__ = ["setup", "escape_shape_stars", "canonical_name", "public_modules", "reexports", "shadowed_modules"]
 
-GENERATED = "api/generated"
-
-#: Modules with a hand-written page (document name), linked from the reference index.
-HANDWRITTEN = {
-    "lowrank": "/api/lowrank",
-    "lowrank.spec": "/api/spec",
-    "lowrank.build": "/api/build",
-    "lowrank.registry": "/api/registry",
-}
+GENERATED = "api/parts"
 
 # a '*' that starts a shape token: '(*batch, M)', '[*S]', ', *S)' -> escaped
 _SHAPE_STAR = re.compile(r"(?<![\w*`\\])\*(?=[A-Za-z_][\w']*\s*[,)\]])")
@@ -81,59 +77,225 @@ def escape_shape_stars(lines: list[str]) -> list[str]:
     return out
 
 
+def _before_napoleon(app, what, name, obj, options, lines: list[str]) -> None:
+    """Runs before napoleon: a part's ``Args:`` section is its kind page's table, not repeated."""
+    if what == "class" and getattr(obj, "_lowrank_part", None) is not None and not options.get("no-index"):
+        lines[:] = split_args_section(lines)[0]
+
+
 def _process_docstring(app, what, name, obj, options, lines: list[str]) -> None:
+    if what in ("attribute", "data", "property"):
+        _undo_prose_type(lines)
     lines[:] = escape_shape_stars(lines)
 
 
-def _process_signature(app, what, name, obj, options, signature, return_annotation):
-    """Registered parts: show the signature without the (long) spec type hints."""
-    if what == "class" and getattr(obj, "_lowrank_part", None) is not None and signature:
-        import inspect
+def _undo_prose_type(lines: list[str]) -> None:
+    """napoleon reads "The default net: a small ..." as type "The default net": put it back."""
+    for i, line in enumerate(lines):
+        if line.startswith(":type: ") and " " in line[7:].strip() and not re.search(r"[\[|`]", line[7:]):
+            prose = line[7:].strip()
+            del lines[i]
+            if i > 0 and not lines[i - 1].strip():
+                del lines[i - 1]
+            first = next((j for j, text in enumerate(lines) if text.strip()), None)
+            if first is None:
+                lines.append(prose)
+            else:
+                lines[first] = f"{prose}: {lines[first].lstrip()}"
+            return
 
-        try:
-            sig = inspect.signature(obj.__init__)
-        except (TypeError, ValueError):
-            return None
-        params = [p.replace(annotation=inspect.Parameter.empty) for p in list(sig.parameters.values())[1:]]
-        return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty)), None
+
+def _process_signature(app, what, name, obj, options, signature, return_annotation):
+    """A registered part's keywords are in its kind page's table: no second signature."""
+    if what == "class" and getattr(obj, "_lowrank_part", None) is not None and signature:
+        return "", None
     return None
+
+
+def canonical_name(target: str, module: str | None = None, cls: str | None = None) -> str | None:
+    """Where ``target`` is defined: ``lowrank.build_block`` -> ``lowrank.build.build_block``.
+
+    Args:
+        target: a dotted or short name from a cross-reference.
+        module: the current module of the reference (short names are looked up there).
+        cls: the current class of the reference.
+
+    Returns:
+        The dotted name of the object where it is defined (for classes and functions) or where
+        it was found (for data), or ``None`` when ``target`` names nothing in ``lowrank``.
+    """
+    candidates = [target]
+    if module:
+        if cls:
+            candidates.append(f"{module}.{cls}.{target}")
+        candidates.append(f"{module}.{target}")
+    for candidate in candidates:
+        if not candidate.startswith("lowrank"):
+            continue
+        parts = candidate.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            owner, found = obj, True
+            for attr in parts[i:]:
+                owner, obj = obj, getattr(obj, attr, None)
+                if obj is None:
+                    found = False
+                    break
+            if not found:
+                break
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                return f"{obj.__module__}.{obj.__qualname__}"
+            if inspect.ismodule(obj):
+                return obj.__name__
+            if inspect.isclass(owner) or inspect.ismodule(owner):
+                base = (
+                    owner.__name__ if inspect.ismodule(owner) else f"{owner.__module__}.{owner.__qualname__}"
+                )
+                return f"{base}.{parts[-1]}"
+            return candidate
+    return None
+
+
+_SHORT_NAMES: dict[str, set[str]] = {}
+_DATA_HOMES: dict[str, str] = {}
+
+
+def _data_homes() -> dict[str, str]:
+    if not _DATA_HOMES:
+        _DATA_HOMES.update({k: v for k, v in reexports(public_modules()).items() if v})
+    return _DATA_HOMES
+
+
+def short_name_index() -> dict[str, set[str]]:
+    """Short name -> where classes and functions of that name are defined, over all of lowrank."""
+    if not _SHORT_NAMES:
+        for name in public_modules():
+            module = importlib.import_module(name)
+            for attr, obj in vars(module).items():
+                if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__.startswith("lowrank"):
+                    _SHORT_NAMES.setdefault(attr, set()).add(f"{obj.__module__}.{obj.__qualname__}")
+    return _SHORT_NAMES
+
+
+def _missing_reference(app, env, node, contnode):
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    real = canonical_name(target, node.get("py:module"), node.get("py:class"))
+    if real is None and not target.startswith("lowrank"):
+        # a short name in a summary shown out of its module (autosummary tables), or a name the
+        # module does not import (``UNetSkeleton.stages``)
+        head, _, rest = target.partition(".")
+        homes = short_name_index().get(head, set())
+        real = next(iter(homes)) + (f".{rest}" if rest else "") if len(homes) == 1 else None
+    if real is not None:
+        real = _data_homes().get(real, real)  # a constant re-exported by a module: where it is defined
+    domain = env.domains["py"]
+    if real and real != target:
+        for typ in (node["reftype"], "obj"):
+            resolved = domain.resolve_xref(
+                env, node.get("refdoc", ""), app.builder, typ, real, node, contnode
+            )
+            if resolved is not None:
+                return resolved
+    # a private implementation class (a base class or a type hint) is not documented: plain text
+    name = real or target
+    if name.startswith("lowrank.") and any(p.startswith("_") for p in name.split(".")):
+        return contnode
+    return None
+
+
+def public_modules(package: str = "lowrank") -> list[str]:
+    """Every importable public module of ``package`` (names starting with ``_`` left out)."""
+    import pkgutil
+
+    root = importlib.import_module(package)
+    names = [package]
+    for module in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
+        if not any(part.startswith("_") for part in module.name.split(".")):
+            names.append(module.name)
+    return sorted(set(names))
+
+
+def reexports(modules: list[str]) -> dict[str, str]:
+    """``module.name`` -> the dotted name where it is defined, for every re-exported public name.
+
+    A class or function is defined in its ``__module__``; a constant in the module whose source
+    assigns it (``KINDS = ...``).
+    """
+    found: dict[str, str] = {}
+    loaded = {name: importlib.import_module(name) for name in modules}
+    for name, module in loaded.items():
+        for attr in getattr(module, "__all__", ()):
+            obj = getattr(module, attr, None)
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                home = f"{obj.__module__}.{obj.__qualname__}"
+                if obj.__module__ != name:
+                    # a private module's objects are not documented: listed without a link
+                    private = any(p.startswith("_") for p in obj.__module__.split("."))
+                    found[f"{name}.{attr}"] = "" if private else home
+            elif obj is not None and not inspect.ismodule(obj):
+                assign = re.compile(rf"^{re.escape(attr)}\s*[:=]", re.M)
+                for other, module2 in loaded.items():
+                    if other != name and getattr(module2, attr, None) is obj:
+                        try:
+                            source = inspect.getsource(module2)
+                        except (OSError, TypeError):
+                            continue
+                        if assign.search(source):
+                            found[f"{name}.{attr}"] = f"{other}.{attr}"
+                            break
+    return found
+
+
+def shadowed_modules(modules: list[str]) -> list[str]:
+    """Modules that their package's namespace hides (``lowrank.build`` is also a function there).
+
+    autosummary resolves such a name to the attribute, so these get a hand-written page.
+    """
+    hidden = []
+    for name in modules:
+        parent, _, child = name.rpartition(".")
+        if parent and not inspect.ismodule(getattr(importlib.import_module(parent), child, None)):
+            hidden.append(name)
+    return hidden
+
+
+def _all_module_names() -> set[str]:
+    import pkgutil
+
+    root = importlib.import_module("lowrank")
+    return {"lowrank"} | {m.name for m in pkgutil.walk_packages(root.__path__, prefix="lowrank.")}
+
+
+def _config_inited(app, config) -> None:
+    context = dict(config.autosummary_context or {})
+    context["registered"] = sorted(registered_targets())
+    modules = public_modules()
+    context["canonical"] = reexports(modules)
+    context["shadowed"] = shadowed_modules(modules)
+    context["module_names"] = sorted(sys.modules.keys() & _all_module_names())
+    config.autosummary_context = context
 
 
 def _generate(app) -> None:
     if not app.config.lowrank_generate_reference:
         return
-    srcdir = Path(app.srcdir)
-    write_reference(srcdir / GENERATED, handwritten=HANDWRITTEN)
-    bench = srcdir.parent / "bench"
-    text = benchmark_include(bench)
-    _write_if_changed(srcdir / GENERATED / "benchmarks.inc", text)
-    contributing = srcdir.parent / "CONTRIBUTING.md"
-    text = (
-        markdown_to_rst(contributing.read_text(encoding="utf-8"), top_level=0, drop_title=True)
-        if contributing.is_file()
-        else "See ``CONTRIBUTING.md`` in the repository.\n"
-    )
-    _write_if_changed(srcdir / GENERATED / "contributing.inc", text)
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
-
-
-def _source_read(app, docname: str, source: list[str]) -> None:
-    reset_namespace(docname)
+    write_reference(Path(app.srcdir) / GENERATED)
 
 
 def setup(app) -> dict[str, Any]:
-    """Register the directive and the event handlers."""
+    """Register the event handlers."""
     app.setup_extension("sphinx.ext.autodoc")
+    app.setup_extension("sphinx.ext.autosummary")
     app.add_config_value("lowrank_generate_reference", True, "env")
-    # a config value (not only the environment variable), so that switching it re-reads every page
-    app.add_config_value("lowrank_execute", execution_enabled(), "env")
-    app.add_directive("lowrank-exec", ExecDirective)
-    app.connect("builder-inited", _generate)
-    app.connect("source-read", _source_read)
-    app.connect("autodoc-process-docstring", _process_docstring)
+    app.connect("config-inited", _config_inited)
+    app.connect("builder-inited", _generate, priority=400)  # before autosummary generates
+    app.connect("autodoc-process-docstring", _before_napoleon, priority=400)
+    app.connect("autodoc-process-docstring", _process_docstring, priority=600)
     app.connect("autodoc-process-signature", _process_signature)
-    return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}
+    app.connect("missing-reference", _missing_reference)
+    return {"version": "2", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,14 +1,17 @@
-"""Write the API reference from the registry: one page per kind, one page per module.
+"""Write the parts reference from the registry: one page per kind.
 
 Everything here reads the live registry (:func:`lowrank.list_parts`,
 :func:`lowrank.registry.get_part_info`, :data:`lowrank.registry.KINDS`), so a part registered
-later appears in the docs without editing them. The pages are reStructuredText written into
-``docs/api/generated/`` (not versioned) before Sphinx reads the sources.
+later appears in the docs without editing them. Each part gets one table: every keyword once,
+with its type, its default (in spec form) and its description (from the docstring's ``Args:``).
+The pages are reStructuredText written into ``docs/api/parts/`` (not versioned) before Sphinx
+reads the sources; the per-module pages are autosummary's.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 from .formatting import (
@@ -18,7 +21,6 @@ from .formatting import (
     part_parameters,
     spec_value,
 )
-from .modules import public_modules, render_module_page, render_modules_index
 
 __all__ = [
     "KIND_TITLES",
@@ -29,9 +31,8 @@ __all__ = [
     "part_parameters",
     "render_kind_page",
     "render_reference_index",
-    "render_modules_index",
-    "render_module_page",
-    "public_modules",
+    "registered_targets",
+    "split_args_section",
     "write_reference",
 ]
 
@@ -92,67 +93,101 @@ def _label(kind: str, name: str) -> str:
     return f"{kind}-{name}"
 
 
+_ARGS_HEADER = re.compile(r"^(\s*)(Args|Arguments|Keyword Args):\s*$")
+_ARG_LINE = re.compile(r"^(\*{0,2}\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
+
+
+def split_args_section(lines: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Split a Google-style docstring's ``Args:`` section off.
+
+    Args:
+        lines: the docstring's lines (as :func:`inspect.getdoc` or autodoc gives them).
+
+    Returns:
+        ``(other_lines, descriptions)``: the docstring without its ``Args:`` section, and each
+        argument's description (continuation lines joined with spaces).
+    """
+    out: list[str] = []
+    descriptions: dict[str, str] = {}
+    i = 0
+    while i < len(lines):
+        match = _ARGS_HEADER.match(lines[i])
+        if not match:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = len(match.group(1))
+        i += 1
+        current = None
+        while i < len(lines):
+            line = lines[i]
+            if line.strip() and len(line) - len(line.lstrip()) <= indent:
+                break
+            arg = _ARG_LINE.match(line.strip())
+            item_indent = len(line) - len(line.lstrip())
+            if arg and (current is None or item_indent <= descriptions[current][1]):
+                current = arg.group(1).lstrip("*")
+                descriptions[current] = (arg.group(2).strip(), item_indent)
+            elif current is not None and line.strip():
+                text, ind = descriptions[current]
+                descriptions[current] = ((text + " " + line.strip()).strip(), ind)
+            i += 1
+    return out, {name: text for name, (text, _) in descriptions.items()}
+
+
+def _part_descriptions(obj) -> dict[str, str]:
+    doc = inspect.getdoc(obj) or ""
+    found = split_args_section(doc.splitlines())[1]
+    if isinstance(obj, type) and obj.__init__ is not object.__init__:
+        init_doc = inspect.getdoc(obj.__init__) or ""
+        if init_doc and init_doc != doc:
+            found = {**split_args_section(init_doc.splitlines())[1], **found}
+    return found
+
+
+def _table_text(text: str) -> str:
+    """A description for a table cell: shape stars and pipes escaped, on one line."""
+    from . import escape_shape_stars
+
+    return escape_shape_stars([" ".join(text.split())])[0]
+
+
 def _render_part(kind: str, name: str, seen: set[int]) -> list[str]:
     from lowrank.build import KIND_CONTEXT
     from lowrank.registry import get_part_info
-    from lowrank.spec import format_value
 
     info = get_part_info(kind, name)
     context = KIND_CONTEXT.get(kind, ())
     lines = [f".. _{_label(kind, name)}:", "", *_heading(f"``{name}``", "-")]
-    facts = [f"**spec name** ``{name}``"]
+    facts = []
     if info.aliases:
         facts.append("**aliases** " + ", ".join(f"``{a}``" for a in info.aliases))
     if kind in ("matricize", "block", "conv", "net") or info.dims != (1, 2, 3):
         facts.append("**spatial dims** " + ", ".join(str(d) for d in info.dims))
     facts.append("**dtypes** " + _dtype_names(info.dtypes))
-    module = info.module or getattr(info.obj, "__module__", "")
-    facts.append(f"**defined in** :mod:`{module}`" if module else "")
-    lines += [" · ".join(f for f in facts if f), ""]
+    lines += [" · ".join(facts), ""]
     if info.summary:
         lines += [escape_rst(info.summary), ""]
 
-    params = part_parameters(info.obj)
-    spec_args = []
-    for pname, annotation, default, pkind in params:
-        if pname in context or pkind == "var" or default is inspect.Parameter.empty:
-            continue
-        try:
-            spec_args.append(f"{pname}={format_value(spec_value(default, annotation))}")
-        except (ValueError, TypeError):
-            continue
-    full_spec = f"{name}({', '.join(spec_args)})" if spec_args else name
-    if len(full_spec) > 88:  # one keyword a line (whitespace is free in the grammar)
-        full_spec = "\n".join([f"{name}(", *(f"    {a}," for a in spec_args), ")"])
-    required = [
-        p for p, _, d, k in params if d is inspect.Parameter.empty and p not in context and k != "var"
-    ]
-    lines += [
-        "Spec with every default written out"
-        + (" (required: " + ", ".join(f"``{r}``" for r in required) + ")" if required else "")
-        + ":",
-        "",
-        ".. code-block:: text",
-        "",
-        *(f"   {line}" for line in full_spec.splitlines()),
-        "",
-    ]
     build_call = _BUILD_CALL.get(kind, f'build("{kind}", "NAME")').replace("NAME", name)
     lines += [f"Build it with ``{build_call}``."]
     if info.test_spec:
         lines[-1] += f" A small tested configuration: ``{info.test_spec}``."
     lines.append("")
 
+    params = part_parameters(info.obj)
+    descriptions = _part_descriptions(info.obj)
     if params:
         lines += [
             ".. list-table::",
             "   :header-rows: 1",
-            "   :widths: 22 48 30",
+            "   :widths: 16 20 20 44",
             "   :class: lowrank-params",
             "",
             "   * - keyword",
             "     - type",
             "     - default",
+            "     - description",
         ]
         for pname, annotation, default, pkind in params:
             if pkind == "var":
@@ -161,8 +196,14 @@ def _render_part(kind: str, name: str, seen: set[int]) -> list[str]:
                 cell_type = format_annotation(annotation) or ""
                 cell_default = format_default(default, annotation)
             if pname in context:
-                cell_default = (cell_default + " " if cell_default else "") + "(given by the caller)"
-            lines += [f"   * - ``{pname}``", f"     - {cell_type}", f"     - {cell_default}"]
+                cell_default = "(given by the caller)"
+            description = _table_text(descriptions.get(pname, ""))
+            lines += [
+                f"   * - ``{pname}``",
+                f"     - {cell_type}",
+                f"     - {cell_default}",
+                f"     - {description}",
+            ]
         lines.append("")
 
     directive, target = _docstring_target(info)
@@ -282,7 +323,7 @@ def render_reference_index(kinds: list[str]) -> str:
     lines += ["", ".. toctree::", "   :hidden:", "", *(f"   {kind}" for kind in kinds)]
     lines += [
         "",
-        "The Python API of every module, parts included, is in the :doc:`module index <modules>`.",
+        "The Python API of every module is in the :doc:`Python API </api/index>`.",
         "",
     ]
     return "\n".join(lines)
@@ -297,13 +338,19 @@ def _write(path: Path, text: str) -> bool:
     return True
 
 
-def write_reference(outdir: str | Path, handwritten: dict[str, str] | None = None) -> list[Path]:
-    """Write the whole generated reference into ``outdir``.
+def registered_targets() -> set[str]:
+    """The dotted paths of every registered part's class or factory (documented on kind pages)."""
+    from lowrank.registry import KINDS, get_part_info, list_parts
+
+    list_parts()  # imports the built-in parts
+    return {_docstring_target(get_part_info(kind, name))[1] for kind in KINDS for name in list_parts(kind)}
+
+
+def write_reference(outdir: str | Path) -> list[Path]:
+    """Write the parts reference into ``outdir``.
 
     Args:
-        outdir: the folder (``docs/api/generated``); stale pages in it are removed.
-        handwritten: modules that have a hand-written page, mapped to its document name
-            (absolute, e.g. ``"/api/spec"``); they are linked instead of generated.
+        outdir: the folder (``docs/api/parts``); stale pages in it are removed.
 
     Returns:
         The pages written (every page, changed or not).
@@ -314,23 +361,8 @@ def write_reference(outdir: str | Path, handwritten: dict[str, str] | None = Non
     list_parts()  # imports the built-in parts
     kinds = list(KINDS)
     seen: set[int] = set()
-    documented: set[str] = set()
-    pages: dict[Path, str] = {}
-    for kind in kinds:
-        pages[outdir / f"{kind}.rst"] = render_kind_page(kind, seen)
-        from lowrank.registry import get_part_info
-
-        for name in list_parts(kind):
-            documented.add(_docstring_target(get_part_info(kind, name))[1])
-    handwritten = handwritten or {}
-    modules = []
-    for module in public_modules():
-        if module in handwritten:
-            continue
-        pages[outdir / "modules" / f"{module}.rst"] = render_module_page(module, documented)
-        modules.append(f"modules/{module}")
+    pages: dict[Path, str] = {outdir / f"{kind}.rst": render_kind_page(kind, seen) for kind in kinds}
     pages[outdir / "index.rst"] = render_reference_index(kinds)
-    pages[outdir / "modules.rst"] = render_modules_index(modules, handwritten)
     for path, text in pages.items():
         _write(path, text)
     for stale in outdir.rglob("*.rst"):
