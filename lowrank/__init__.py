@@ -17,6 +17,7 @@ from .build import (
     build_solver,
 )
 from .controls import component_maps, iters_override, set_iters, skip_mixers, stage_names
+from .kernels import use_kernels
 from .registry import KINDS, get_part, list_parts, register
 from .solvers.rank_selection import select_rank
 from .spec import Spec, SpecError, SpecKeywordError, parse_spec
@@ -45,4 +46,5 @@ __all__ = [
     "set_iters",
     "skip_mixers",
     "stage_names",
+    "use_kernels",
 ]

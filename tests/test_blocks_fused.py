@@ -17,8 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lowrank import build_block, build_net
 from lowrank.blocks import _layers
-from lowrank.blocks._fused_mlp import fused_mlp
 from lowrank.blocks._layers import ChannelLayerNorm, channel_standardize, pointwise
+from lowrank.kernels.cpu.mlp import fused_mlp
 
 
 def _ln(x, weight=None, bias=None, eps=1e-5):
@@ -94,7 +94,7 @@ def test_block_fast_paths_match_the_unfused_block(dims):
             a.add_(torch.randn_like(a) * 0.2)
             b.copy_(a)
     x = torch.randn(2, 8, *([9] * dims), requires_grad=True)
-    import lowrank.blocks._fused_mlp as fm
+    import lowrank.kernels.cpu.mlp as fm
 
     old = fm.CHUNK_ELEMENTS
     fm.CHUNK_ELEMENTS = 7 * 16 * 2  # 7 voxels per chunk

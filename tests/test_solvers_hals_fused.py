@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowrank import build_solver
-from lowrank.solvers import _hals_fused, nmf
-from lowrank.solvers._hals_fused import hals_fused
+from lowrank.kernels import nmf as kernel_nmf
+from lowrank.kernels.cpu import hals as _hals_fused
+from lowrank.kernels.cpu.hals import hals_fused
 
 
 @contextlib.contextmanager
@@ -28,7 +29,7 @@ def _spy(monkeypatch):
         calls.append(1)
         return hals_fused(*args, **kwargs)
 
-    monkeypatch.setattr(nmf, "hals_fused", wrapped)
+    monkeypatch.setattr(kernel_nmf, "hals_fused", wrapped)
     yield calls
 
 

@@ -302,8 +302,9 @@ class Factorization(nn.Module):
         """
         return True
 
-    def recompute(self, rank: int) -> bool:
-        """Whether ``grad_steps=k`` runs its k differentiated steps twice instead of saving them.
+    def recompute(self, rank: int, x: Tensor | None = None) -> bool:
+        """Whether ``grad_steps=k`` runs its k differentiated steps twice instead of saving them
+        (``x``: the call's input, for a family whose kernel backend decides).
 
         Default ``True``: the no-grad head runs first, then the last k steps and the
         reconstruction run under :func:`torch.utils.checkpoint.checkpoint` from the raw input
@@ -400,7 +401,7 @@ class Factorization(nn.Module):
 
     def _chunk_rows(self, x: Tensor, dtype: torch.dtype, rank: int) -> int:
         """How many entries of the first batch dim one chunk holds (all of them off CPU)."""
-        if x.device.type != "cpu" or x.dim() < 3 or not self.recompute(rank):
+        if x.device.type != "cpu" or x.dim() < 3 or not self.recompute(rank, x):
             return x.shape[0]
         per_row = x[0].numel() * torch.finfo(dtype).bits // 8
         return max(1, self.chunk_bytes // max(per_row, 1))
@@ -410,7 +411,7 @@ class Factorization(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One chunk: the gradient mode's head and tail; ``(out, state[0], U, V)``."""
         k = self.grad_steps
-        if not (torch.is_grad_enabled() and k is not None and k < iters and self.recompute(rank)):
+        if not (torch.is_grad_enabled() and k is not None and k < iters and self.recompute(rank, x)):
             return self._finish(x, mf, dtype, rank, iters, eps, None)
         with torch.no_grad():  # the head: initial state and the first T - k steps
             start = self.factorize(self._prepare(x, mf, dtype, rank)[0], mf, rank, iters - k, eps)

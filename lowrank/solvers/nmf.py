@@ -7,12 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import kernels
 from ..build import InitSpec, UpdateSpec, build
 from ..registry import register
-from ._hals_fused import hals_fused
 from .base import Factorization, State, inverse_scale
-from .rank1 import rank1_factors, rank1_projector_nmf
-from .updates import HALSUpdate
+from .updates import HALSUpdate, MUUpdate
 
 __all__ = ["NMF"]
 
@@ -27,19 +26,18 @@ class NMF(Factorization):
     The input should be non-negative (apply a ReLU before); negative entries are not an error
     but the non-negativity constraints then bias the fit.
 
-    **Rank 1** (``fast=True``, no ``return_factors``): MU and HALS both reduce to the scaled
-    power iteration ``v = Xᵀu/‖u‖², u = Xv/‖v‖²``, so after T iterations ``U Vᵀ = P X`` with
-    ``P = u uᵀ / ‖u‖²`` and ``u ∝ (X Xᵀ)ᵀ u0``. This is computed explicitly on the M×M Gram
-    matrix when M <= N (two passes over X) or with matrix–vector products otherwise, with a
-    hand-written backward (:mod:`lowrank.solvers.rank1`); results and gradients equal autograd
-    through the general loop up to eps.
+    **Kernels** (:mod:`lowrank.kernels`, chosen by :func:`lowrank.use_kernels`):
 
-    **HALS, rank >= 2, on CPU**: the whole iteration loop is one autograd node that runs in
-    place on cache-sized sub-chunks and has a hand-written backward
-    (:mod:`lowrank.solvers._hals_fused`); results and gradients equal autograd through the
-    general loop up to rounding. ``grad_steps=k`` keeps the base's recomputed tail (the no-grad
-    head and the tail both run fused). The general loop runs under ``torch.compile`` and on
-    other devices.
+    * rank 1 (``fast=True``, no ``return_factors``): MU and HALS both reduce to the scaled
+      power iteration ``v = Xᵀu/‖u‖², u = Xv/‖v‖²``, so after T iterations ``U Vᵀ = P X`` with
+      ``P = u uᵀ / ‖u‖²`` and ``u ∝ (X Xᵀ)ᵀ u0``: :func:`lowrank.kernels.nmf_rank1` (``cpu``:
+      on the M×M Gram matrix with a hand-written backward; ``triton``: one program per matrix);
+      results and gradients equal autograd through the general loop up to eps;
+    * rank >= 2: :func:`lowrank.kernels.nmf_iterations` (``cpu``, HALS: the whole loop as one
+      node in place on cache-sized sub-chunks, ``grad_steps=k`` through the base's recomputed
+      tail; ``triton``, MU and HALS up to rank 16, M <= 128: one program per matrix with its
+      own ``grad_steps`` backward); else (``reference``, ``torch.compile`` without triton, MU on
+      CPU) the general loop below.
 
     Args:
         rank: the rank R (int), or a float compression ratio.
@@ -60,7 +58,7 @@ class NMF(Factorization):
 
     nonnegative = True
     homogeneous = True
-    #: private switch: ``False`` forces the general autograd loop for HALS (tests, benchmarks).
+    #: private switch: ``False`` forces the general autograd loop at rank >= 2 (tests, benchmarks).
     _fused_hals: bool = True
 
     def __init__(
@@ -130,26 +128,29 @@ class NMF(Factorization):
     def _fast(self, rank: int) -> bool:
         return self.fast and rank == 1 and not (self.return_factors or self.store_factors)
 
-    def _fused(self, x: Tensor, rank: int) -> bool:
-        """Whether the fused HALS node runs (HALS, rank >= 2, CPU, eager)."""
-        return (
-            self._fused_hals
-            and rank >= 2
-            and type(self.update) is HALSUpdate
-            and x.device.type == "cpu"
-            and not torch.compiler.is_compiling()
-        )
+    def _rule(self) -> str | None:
+        """The update rule's kernel name (``None``: a rule without kernels)."""
+        return {HALSUpdate: "hals", MUUpdate: "mu"}.get(type(self.update))
 
-    def _hals_fused(
+    def _kernel(self, x: Tensor, rank: int) -> str:
+        """The kernel backend of a rank >= 2 call (``reference``: the general loop)."""
+        return kernels.nmf_backend(x, rank, self._rule() if self._fused_hals and rank >= 2 else None)
+
+    def _kernel_loop(
         self, x: Tensor, rank: int, iters: int, eps: float, start: State | None, need_out: bool
     ) -> tuple[Tensor | None, State]:
-        """The fused HALS loop from the init (or from ``start``): ``(out, (U, V, 1/s))``."""
+        """:func:`lowrank.kernels.nmf_iterations` from the init (or, on ``cpu``, from ``start``):
+        ``(out, (U, V, 1/s))``."""
         if start is None:
             u0, v0, inv = self.initial_u(x, rank), None, inverse_scale(x)
         else:
             u0, v0, inv = start
-        out, u, v = hals_fused(x, u0, v0, inv, iters, eps, need_out)
-        return out, (u, v, inv)
+        want = self.store_factors or self.return_factors
+        out, u, v = kernels.nmf_iterations(
+            x, u0, iters, eps, self._rule(), grad_steps=self.grad_steps, v0=v0, inv=inv,
+            need_out=need_out, need_v=want,
+        )  # fmt: skip
+        return out, (u, u if v is None else v, inv)
 
     def factorize(
         self,
@@ -165,17 +166,18 @@ class NMF(Factorization):
         # with grad_steps=k and autograd on, a direct call is the general loop's no-grad head (the
         # base runs it under no_grad)
         head = start is None and self.grad_steps is not None and torch.is_grad_enabled()
-        if head or not self._fused(x, rank):
+        if head or self._kernel(x, rank) != "cpu":
             return super().factorize(x, mask, rank, iters, eps, start)
-        return self._hals_fused(x, rank, iters, eps, start, need_out=False)[1]
+        return self._kernel_loop(x, rank, iters, eps, start, need_out=False)[1]
 
     def prescale(self, rank: int) -> bool:
         """Never: both paths read X unscaled and scale small products (no copy of X's size)."""
         return False
 
-    def recompute(self, rank: int) -> bool:
-        """The rank-1 path has its own backward (it saves no activations): no recomputation."""
-        return not self._fast(rank)
+    def recompute(self, rank: int, x: Tensor | None = None) -> bool:
+        """The rank-1 path and the Triton kernels have their own backward (they save no
+        activations and take ``grad_steps`` themselves): no recomputation."""
+        return not (self._fast(rank) or (x is not None and self._kernel(x, rank) == "triton"))
 
     def solve(
         self,
@@ -188,13 +190,14 @@ class NMF(Factorization):
     ) -> tuple[Tensor, State]:
         """The general loop, the fused HALS loop, or for rank 1 the Gram fast path (state
         ``(u (*batch, M, 1),)``)."""
-        if self._fused(x, rank):
-            return self._hals_fused(x, rank, iters, eps, start, need_out=True)
-        if not self._fast(rank):
-            return super().solve(x, mask, rank, iters, eps, start)
-        u0 = self.initial_u(x, rank)[..., 0]
-        out, u = rank1_projector_nmf(x, u0, iters, self.grad_steps, eps)
-        return out, (u.unsqueeze(-1),)
+        if self._fast(rank):
+            u0 = self.initial_u(x, rank)[..., 0]
+            out, u = kernels.nmf_rank1(x, u0, iters, self.grad_steps, eps)
+            return out, (u.unsqueeze(-1),)
+        kernel = self._kernel(x, rank)
+        if kernel == "cpu" or (kernel == "triton" and start is None):
+            return self._kernel_loop(x, rank, iters, eps, start, need_out=True)
+        return super().solve(x, mask, rank, iters, eps, start)
 
     def rank1_factors(self, x: Any, mask: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
         """Without gradient, the rank-1 output as factors ``(u (*batch, M), w (*batch, N))``.
@@ -228,7 +231,7 @@ class NMF(Factorization):
             stop = start + chunk.shape[0]
             mf = None if mask is None else mask[start:stop].to(dtype).unsqueeze(-1)
             xc, _ = self._prepare(chunk, mf, dtype, rank)
-            return rank1_factors(xc, self.initial_u(xc, rank)[..., 0], iters, eps)
+            return kernels.nmf_rank1_factors(xc, self.initial_u(xc, rank)[..., 0], iters, eps)
 
         with torch.autocast(x.device.type, enabled=False):
             if isinstance(x, Tensor):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import inverse_scale
+from ...solvers._numerics import inverse_scale
 
 __all__ = ["rank1_projector_nmf", "rank1_factors"]
 

@@ -45,8 +45,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._sweep import substitute_
-from .updates import kept_columns
+from ...solvers._sweep import substitute_
+from ...solvers.updates import kept_columns
 
 __all__ = ["hals_fused", "sub_rows"]
 

@@ -1,0 +1,131 @@
+"""The kernel switch: which backend runs the operations of :mod:`lowrank.kernels`.
+
+Backends:
+
+* ``reference``: plain PyTorch with autograd, written like the formulas (the oracle every other
+  backend is tested against); runs on every device, under ``torch.compile`` and on ``meta``.
+* ``cpu``: the fused CPU nodes (hand-written backward, in-place cache-sized chunks, direct
+  oneDNN calls). Only ever runs on CPU tensors in eager mode; elsewhere ``reference`` runs.
+* ``triton``: Triton kernels (``torch.library`` custom ops with fake implementations, so they
+  also trace on ``meta`` and under ``torch.compile``). Runs on CUDA tensors, on ``meta``, and on
+  CPU tensors when ``TRITON_INTERPRET=1`` (the interpreter, for tests); shapes a kernel does
+  not cover run ``reference``.
+* ``auto`` (default): ``cpu`` for CPU tensors, ``triton`` for CUDA tensors when triton imports,
+  else ``reference``.
+
+The setting comes from :func:`use_kernels` (global setter and context manager) or, until that is
+called, from the environment variable ``LOWRANK_KERNELS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+__all__ = ["BACKENDS", "ENV_VAR", "backend_for", "current", "triton_available", "use_kernels"]
+
+BACKENDS = ("auto", "reference", "cpu", "triton")
+ENV_VAR = "LOWRANK_KERNELS"
+
+
+def _check(name: object, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source} must be one of {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    return name  # type: ignore[return-value]
+
+
+_setting: list[str | None] = [None]  # None: read the environment variable
+
+
+def current() -> str:
+    """The active setting (``auto``, ``reference``, ``cpu`` or ``triton``)."""
+    if _setting[0] is not None:
+        return _setting[0]
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    return _check(env, f"the environment variable {ENV_VAR}") if env else "auto"
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether ``import triton`` succeeds (cached)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in the interpreter (``TRITON_INTERPRET=1``: CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+class use_kernels:  # noqa: N801 (used like a function, as timm's ``use_fused_attn``)
+    """Choose the kernel backend: globally (a call) or for a ``with`` block (restored on exit).
+
+    Args:
+        backend: ``"auto"`` (default: ``cpu`` on CPU tensors, ``triton`` on CUDA tensors when
+            triton imports, else ``reference``), ``"reference"``, ``"cpu"`` or ``"triton"``.
+
+    Raises:
+        ValueError: an unknown backend name.
+        ImportError: ``"triton"`` without an importable triton (``pip install lowrank[triton]``).
+
+    Example:
+        >>> import lowrank
+        >>> with lowrank.use_kernels("reference"):
+        ...     pass  # every kernel runs plain PyTorch autograd here
+        >>> _ = lowrank.use_kernels("auto")  # global
+    """
+
+    def __init__(self, backend: str = "auto"):
+        _check(backend, "use_kernels(backend)")
+        if backend == "triton" and not triton_available():
+            raise ImportError(
+                "use_kernels('triton') needs the triton package: pip install 'lowrank[triton]' "
+                "(or use 'auto', which falls back to 'reference')"
+            )
+        self.backend = backend
+        self._previous = _setting[0]
+        _setting[0] = backend
+
+    def __enter__(self) -> use_kernels:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _setting[0] = self._previous
+
+    def __repr__(self) -> str:
+        return f"use_kernels({self.backend!r})"
+
+
+def backend_for(device: torch.device, *, cpu_ok: bool = True, triton_ok: bool = True) -> str:
+    """The backend that runs an operation on tensors of ``device``: never ``auto``.
+
+    Args:
+        device: the tensors' device.
+        cpu_ok: the ``cpu`` implementation applies to this call (besides the device).
+        triton_ok: a Triton kernel exists for this call's shapes and options.
+
+    Returns:
+        ``"reference"``, ``"cpu"`` or ``"triton"``. ``cpu`` only for CPU tensors outside
+        ``torch.compile``; ``triton`` only for CUDA / meta tensors (or CPU tensors under
+        ``TRITON_INTERPRET=1``) when triton imports; otherwise ``reference``.
+    """
+    setting = current()
+    if setting == "auto":
+        if device.type == "cpu":
+            setting = "cpu"
+        elif device.type == "cuda" and triton_available():
+            setting = "triton"
+        else:
+            return "reference"
+    if setting == "cpu":
+        ok = cpu_ok and device.type == "cpu" and not torch.compiler.is_compiling()
+        return "cpu" if ok else "reference"
+    if setting == "triton":
+        runs = device.type in ("cuda", "meta") or (device.type == "cpu" and triton_interpreted())
+        return "triton" if triton_ok and runs and triton_available() else "reference"
+    return "reference"
