@@ -4,6 +4,7 @@ error line (exit code 2, nothing written) for the common mistakes."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -229,5 +230,44 @@ def test_retain_memory_restarts_the_console_script_once(tmp_path):
 
     assert launch() == ["None"]  # opt-in: no restart by default
     assert launch("--retain-memory") == (["None", "0"] if glibc() else ["None"])
-    assert launch(LOWRANK_RETAIN_MEMORY="1") == (["None", "0"] if glibc() else ["None"])
-    assert launch("--retain-memory", "--device", "cuda") == ["None"]  # never for a CUDA run
+
+
+def test_restart_is_asked_by_flag_or_variable_never_for_cuda(monkeypatch):
+    """When :func:`_retain_memory` restarts (the console script's case, in-process)."""
+    from lowrank.train import cli as train_cli
+
+    calls = []
+    monkeypatch.setattr("lowrank.runtime.reexec_with_allocator_env", lambda: calls.append(1))
+    monkeypatch.setattr(train_cli, "_launched_as_lowrank", lambda: True)
+    monkeypatch.delenv("LOWRANK_RETAIN_MEMORY", raising=False)
+
+    def restarts(retain, device="cpu", command_line=True) -> bool:
+        calls.clear()
+        args = argparse.Namespace(retain_memory=retain, command_line=command_line)
+        train_cli._retain_memory(args, device)
+        return bool(calls)
+
+    assert restarts(True) and not restarts(False)
+    assert not restarts(True, "cuda")  # never for a CUDA run
+    assert not restarts(True, command_line=False)  # main([...]) called with arguments
+    monkeypatch.setenv("LOWRANK_RETAIN_MEMORY", "1")
+    assert restarts(False)
+    monkeypatch.setenv("LOWRANK_RETAIN_MEMORY", "0")
+    assert not restarts(False)
+    monkeypatch.setattr(train_cli, "_launched_as_lowrank", lambda: False)  # a user's script
+    assert not restarts(True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(trained, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(img, path):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(nib, "save", full)
+    out = tmp_path / "preds" / "seg.nii.gz"
+    argv = ["predict", trained / "run" / "checkpoint.pt", trained / "t1.nii.gz", "-o", out, "--overlap", "0"]
+    assert "No space left on device" in main_error(capsys, argv, "predict")
+    assert list((tmp_path / "preds").iterdir()) == []

@@ -58,6 +58,7 @@ def test_train_with_a_config_file_on_a_decathlon_dataset(workflow):
     # the end-of-run summary names the classes and the validation cases
     summary = (workflow / "train.out").read_text()
     assert "validation: fold 0 of 5" in summary
+    assert "5 case(s), channels T1, T1inv; classes background, csf, gm, wm; voxels 2×2×2 mm" in summary
     assert [
         line.split()[0] for line in summary.splitlines() if line.startswith(" csf") or line.startswith(" wm")
     ] == [
@@ -77,9 +78,8 @@ def test_predict_a_folder_then_evaluate_it_per_named_class(workflow):
         ref = nib.load(str(workflow / "Task01" / "labelsTs" / f"{name}.nii.gz"))
         np.testing.assert_allclose(seg.affine, ref.affine)
         assert seg.shape == ref.shape
-    result = run(
-        "evaluate", preds, workflow / "Task01" / "labelsTs", "--classes", workflow / "Task01" / "dataset.json"
-    )
+    # the class names come from the dataset.json next to labelsTs/
+    result = run("evaluate", preds, workflow / "Task01" / "labelsTs")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line.split()[0] for line in result.stdout.splitlines()[1:5]] == ["csf", "gm", "wm", "mean"]
     summary = json.loads((preds / "summary.json").read_text())

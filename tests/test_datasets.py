@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from cli_data import CHANNELS, CLASSES, make_cases, save, write_datalist, write_decathlon, write_nnunet
 
-from lowrank.data import find_dataset, load_dataset, split_cases
-from lowrank.data.datasets import FOLDS
+from lowrank.data import dataset_names, find_dataset, load_dataset, split_cases
+from lowrank.data.volumes import FOLDS
 from lowrank.train.config import load_split
+from lowrank.train.evaluate import class_names
 
 
 @pytest.fixture(scope="module")
@@ -50,23 +51,34 @@ def test_nnunet_v1_training_list_with_channel_files(cases, tmp_path):
 def test_datalist_validation_list_is_the_default_hold_out(cases, tmp_path):
     path = write_datalist(tmp_path, cases, validation=2)
     split = load_split(path)
-    assert [v.name for v in split.val] == ["case04_ch0", "case05_ch0"] and len(split.train) == 4
+    assert [v.name for v in split.val] == ["case04", "case05"] and len(split.train) == 4
     assert split.classes == CLASSES and split.channels == CHANNELS and split.in_channels == 2
 
 
-def test_five_folds_partition_the_cases_deterministically():
+@pytest.mark.parametrize("n", [5, 11, 23])
+def test_folds_are_nnunets(n):
+    """The 5 folds partition the cases and equal nnU-Net's (sklearn KFold, seed 12345, sorted names)."""
+    KFold = pytest.importorskip("sklearn.model_selection").KFold
+    volumes = [type("V", (), {"name": f"c{i:02d}"})() for i in range(n)]
+    names = sorted(v.name for v in volumes)
+    folds = [[v.name for v in split_cases(volumes[::-1], fold=k)[1]] for k in range(FOLDS)]
+    reference = [
+        [names[i] for i in test] for _, test in KFold(5, shuffle=True, random_state=12345).split(names)
+    ]
+    assert folds == reference
+    assert sorted(n for part in folds for n in part) == names  # a partition
+
+
+def test_val_cases_and_split_errors():
     volumes = [type("V", (), {"name": f"c{i:02d}"})() for i in range(11)]
-    folds = [split_cases(volumes, fold=k)[1] for k in range(FOLDS)]
-    names = [[v.name for v in f] for f in folds]
-    assert sorted(n for part in names for n in part) == sorted(v.name for v in volumes)  # a partition
-    assert [len(n) for n in names] == [3, 2, 2, 2, 2]
-    assert names == [[v.name for v in split_cases(volumes[::-1], fold=k)[1]] for k in range(FOLDS)]
     train, val = split_cases(volumes, val_cases=["c03", "c07"])
     assert [v.name for v in val] == ["c03", "c07"] and len(train) == 9
     with pytest.raises(ValueError, match="no case named c99"):
         split_cases(volumes, val_cases=["c99"])
     with pytest.raises(ValueError, match="at least 5 cases"):
         split_cases(volumes[:4], fold=0)
+    with pytest.raises(ValueError, match="leave some for training"):
+        split_cases(volumes[:2], val_cases=["c00", "c01"])
 
 
 def test_cases_of_different_spacing_are_resampled_to_the_median(cases, tmp_path):
@@ -131,3 +143,27 @@ def test_dataset_errors_name_the_problem(cases, tmp_path):
     listing.write_text(json.dumps({"training": [{"image": "nope.nii.gz", "label": "nope.nii.gz"}]}))
     with pytest.raises(FileNotFoundError, match=r"training\[0\]: no such image file"):
         find_dataset(listing)
+
+
+def test_class_names_from_either_dataset_json(cases, tmp_path):
+    v2 = write_nnunet(tmp_path / "v2", cases[:1])
+    msd = write_decathlon(tmp_path / "msd", cases[:1])
+    assert dataset_names(v2) == (CLASSES, CHANNELS) == dataset_names(msd / "dataset.json")
+    assert (
+        class_names([str(v2 / "dataset.json")]) == list(CLASSES) == class_names([str(msd / "dataset.json")])
+    )
+
+
+def test_datalist_case_names(tmp_path):
+    from lowrank.data.datasets import _case_name
+
+    assert _case_name([tmp_path / "BraTS_001_t1.nii.gz", tmp_path / "BraTS_001_flair.nii.gz"]) == "BraTS_001"
+    assert _case_name([tmp_path / "x_0000.nii.gz"]) == "x"
+    for case in ("a", "b"):  # every case an image.nii.gz in its own folder
+        (tmp_path / case).mkdir()
+        for f in ("image.nii.gz", "label.nii.gz"):
+            (tmp_path / case / f).write_bytes(b"")
+    listing = tmp_path / "list.json"
+    entries = [{"image": f"{c}/image.nii.gz", "label": f"{c}/label.nii.gz"} for c in ("a", "b")]
+    listing.write_text(json.dumps({"training": entries}))
+    assert [c.name for c in find_dataset(listing).cases] == ["a/image", "b/image"]

@@ -74,3 +74,16 @@ def test_cli_restarts_only_from_the_shell(monkeypatch):
     # called from Python with arguments: never restarts (an error exit is fine here)
     main(["train", "--steps", "0"])
     assert calls == []
+
+
+def test_export_line_for_the_shell():
+    """``export $(python -m lowrank.runtime)`` sets the tunables without any restart."""
+    out = subprocess.run(
+        ["bash", "-c", f"export $({sys.executable} -m lowrank.runtime) && env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    assert {k: env.get(k) for k in ALLOCATOR_ENV} == ALLOCATOR_ENV

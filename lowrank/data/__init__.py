@@ -7,12 +7,12 @@ rebuilt byte-for-byte from an installed nilearn by ``scripts/build_data.py``.
 from .datasets import (
     Case,
     Dataset,
+    dataset_names,
     find_dataset,
     group_channel_files,
     load_cases,
     load_dataset,
     resample,
-    split_cases,
 )
 from .sampler import PatchSampler
 from .transforms import train_transform
@@ -25,12 +25,14 @@ from .volumes import (
     normalize_intensity,
     read_nifti,
     require_nibabel,
+    split_cases,
     split_slab,
 )
 
 __all__ = [
     "Case",
     "Dataset",
+    "dataset_names",
     "find_dataset",
     "group_channel_files",
     "load_dataset",

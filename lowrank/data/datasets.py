@@ -20,6 +20,7 @@ labels; the median spacing unless one is given), and z-score normalized per chan
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -32,20 +33,14 @@ from .volumes import Volume, find_cases, normalize_intensity, read_nifti
 __all__ = [
     "Case",
     "Dataset",
+    "dataset_names",
     "find_dataset",
     "group_channel_files",
     "load_cases",
     "load_dataset",
     "resample",
-    "split_cases",
-    "FOLDS",
-    "FOLD_SEED",
 ]
 
-#: Cases are split into this many folds for ``--fold`` (as nnU-Net does).
-FOLDS = 5
-#: The seed of the fold split (the permutation of the case names sorted alphabetically).
-FOLD_SEED = 12345
 _NIFTI_RE = re.compile(r"\.nii(\.gz)?$")
 _CHANNEL_RE = re.compile(r"_(\d{4})$")
 
@@ -152,9 +147,25 @@ def _datalist_cases(entries, base: Path, source, key: str) -> list[Case]:
         label = None if label is None else (Path(label) if Path(label).is_absolute() else base / label)
         if label is not None and not label.is_file():
             raise FileNotFoundError(f"{source}: {key}[{number}]: no such label file {label}")
-        name = _CHANNEL_RE.sub("", _stem(paths[0]))
-        cases.append(Case(name, paths, label))
+        cases.append(Case(_case_name(paths), paths, label))
+    names = [c.name for c in cases]
+    if len(set(names)) < len(names):  # e.g. every case an image.nii.gz in its own folder
+        for case in cases:
+            case.name = f"{case.images[0].parent.name}/{case.name}"
+        if len({c.name for c in cases}) < len(cases):
+            raise ValueError(f"{source}: {key} has several cases of the same file name")
     return cases
+
+
+def _case_name(paths: Sequence[Path]) -> str:
+    """``CASE`` of ``CASE_0000.nii.gz``; the common stem of channel files (``BraTS_001_t1``,
+    ``BraTS_001_flair`` → ``BraTS_001``)."""
+    stems = [_stem(p) for p in paths]
+    if len(stems) == 1:
+        return _CHANNEL_RE.sub("", stems[0])
+    prefix = os.path.commonprefix(stems)  # noqa: RUF071 (characters of file names, meant)
+    cut = max(prefix.rfind(c) for c in "_-.")
+    return (prefix[:cut] if cut > 0 else prefix) or _CHANNEL_RE.sub("", stems[0])
 
 
 def _read_json(path: Path) -> dict:
@@ -165,6 +176,20 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def dataset_names(path: str | Path) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """``(class names, channel names)`` of a ``dataset.json`` or datalist (``None``: not given).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not JSON, or malformed ``labels``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    return _from_description(_read_json(path), path)
 
 
 def _from_description(meta: dict, source: Path) -> tuple:
@@ -341,44 +366,3 @@ def load_dataset(
 def load_cases(data: str | Path, classes: Sequence[str] | None = None) -> list[Volume]:
     """The normalized volumes of a dataset (:func:`load_dataset` with its defaults)."""
     return load_dataset(data, classes=classes).volumes
-
-
-def split_cases(
-    volumes: Sequence[Volume], *, fold: int | None = None, val_cases: Sequence[str] | None = None
-) -> tuple[list[Volume], list[Volume]]:
-    """Whole-case training/validation split.
-
-    Args:
-        volumes: the cases (any order; named).
-        fold: validate on fold ``k`` of :data:`FOLDS`: the case names sorted, permuted with
-            seed :data:`FOLD_SEED`, cut into 5 near-equal parts (deterministic).
-        val_cases: validate on these case names.
-
-    Default: the last ``max(1, round(0.2 n))`` cases by name.
-
-    Raises:
-        ValueError: fewer cases than folds, unknown names, or nothing left to train on.
-    """
-    ordered = sorted(volumes, key=lambda v: v.name)
-    names = [v.name for v in ordered]
-    if fold is not None:
-        if len(ordered) < FOLDS:
-            raise ValueError(
-                f"--fold needs at least {FOLDS} cases, the data has {len(ordered)}: use --val-cases"
-            )
-        parts = np.array_split(np.random.default_rng(FOLD_SEED).permutation(len(ordered)), FOLDS)
-        chosen = {names[i] for i in parts[fold]}
-    elif val_cases:
-        unknown = [n for n in val_cases if n not in names]
-        if unknown:
-            raise ValueError(
-                f"--val-cases: no case named {', '.join(unknown)}; the cases are {', '.join(names)}"
-            )
-        chosen = set(val_cases)
-    else:
-        chosen = set(names[-max(1, round(0.2 * len(names))) :])
-    train = [v for v in ordered if v.name not in chosen]
-    val = [v for v in ordered if v.name in chosen]
-    if not train:
-        raise ValueError("every case is a validation case: leave some for training")
-    return train, val

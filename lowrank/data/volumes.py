@@ -31,6 +31,9 @@ __all__ = [
     "normalize_intensity",
     "load_template",
     "split_slab",
+    "split_cases",
+    "FOLDS",
+    "FOLD_SEED",
     "read_nifti",
     "find_cases",
     "require_nibabel",
@@ -40,6 +43,10 @@ __all__ = [
 TEMPLATE_FILE = "mni152_2mm.npz"
 #: Default held-out z-slab, as fractions of the volume's z extent (inferior → superior).
 DEFAULT_HOLDOUT = (0.5, 0.7)
+#: Cases are split into this many folds for ``--fold`` (as nnU-Net does).
+FOLDS = 5
+#: The seed of the fold split (nnU-Net's: ``KFold(5, shuffle=True, random_state=12345)``).
+FOLD_SEED = 12345
 _NIFTI_RE = re.compile(r"\.nii(\.gz)?$")
 
 
@@ -168,6 +175,50 @@ def split_slab(
 
     train = [piece(a, b, f"z{a}:{b}") for a, b in ((0, lo), (hi, size)) if b > a]
     return train, piece(lo, hi, f"z{lo}:{hi}")
+
+
+def split_cases(
+    volumes: Sequence[Volume], *, fold: int | None = None, val_cases: Sequence[str] | None = None
+) -> tuple[list[Volume], list[Volume]]:
+    """Whole-case training/validation split.
+
+    Args:
+        volumes: the cases (any order; named).
+        fold: validate on fold ``k`` of :data:`FOLDS`: the case names sorted, shuffled by
+            ``numpy.random.RandomState(12345)``, cut into 5 near-equal parts: the folds of
+            nnU-Net (``KFold(5, shuffle=True, random_state=12345)``), so results compare.
+        val_cases: validate on these case names.
+
+    Default: the last ``max(1, round(0.2 n))`` cases by name.
+
+    Raises:
+        ValueError: fewer cases than folds, unknown names, or nothing left to train on.
+    """
+    ordered = sorted(volumes, key=lambda v: v.name)
+    names = [v.name for v in ordered]
+    if fold is not None:
+        if len(ordered) < FOLDS:
+            raise ValueError(
+                f"--fold needs at least {FOLDS} cases, the data has {len(ordered)}: use --val-cases"
+            )
+        # nnU-Net's split: sklearn KFold(5, shuffle=True, random_state=12345) of the sorted names
+        order = np.arange(len(ordered))
+        np.random.RandomState(FOLD_SEED).shuffle(order)
+        chosen = {names[i] for i in np.array_split(order, FOLDS)[fold]}
+    elif val_cases:
+        unknown = [n for n in val_cases if n not in names]
+        if unknown:
+            raise ValueError(
+                f"--val-cases: no case named {', '.join(unknown)}; the cases are {', '.join(names)}"
+            )
+        chosen = set(val_cases)
+    else:
+        chosen = set(names[-max(1, round(0.2 * len(names))) :])
+    train = [v for v in ordered if v.name not in chosen]
+    val = [v for v in ordered if v.name in chosen]
+    if not train:
+        raise ValueError("every case is a validation case: leave some for training")
+    return train, val
 
 
 def read_nifti(

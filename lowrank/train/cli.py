@@ -34,20 +34,15 @@ RETAIN_MEMORY_ENV = "LOWRANK_RETAIN_MEMORY"
 
 
 def _clean_errors(handler):
-    """Report a missing file or package as one line and exit code 2 (like the ValueErrors)."""
+    """Report a missing file or package, a full disk or a read-only folder as one line and exit
+    code 2 (like the ValueErrors)."""
     import functools
 
     @functools.wraps(handler)
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (
-            FileNotFoundError,
-            NotADirectoryError,
-            IsADirectoryError,
-            ImportError,
-            FloatingPointError,
-        ) as err:
+        except (OSError, ImportError, FloatingPointError) as err:  # missing files, disk full, read-only
             print(f"lowrank {args.command}: error: {err}", file=sys.stderr)
             return 2
 
@@ -287,7 +282,8 @@ def add_commands(subparsers) -> None:
         nargs="+",
         default=None,
         help="class names, background first; or a dataset.json / checkpoint.pt to take them from "
-        "(default: background, class1, ... up to the largest reference label)",
+        "(default: the dataset.json next to a reference folder such as Task01/labelsTs, else "
+        "background, class1, ... up to the largest reference label)",
     )
     p.add_argument(
         "-o", "--output", default=None, help="summary JSON file (metrics.csv is written next to it)"

@@ -174,6 +174,18 @@ class TrainConfig:
     def ckpt_interval(self) -> int:
         return self.ckpt_every or self.val_interval
 
+    def resolved(self, lr: float, spacing) -> TrainConfig:
+        """These options as a run uses them: the peak lr, absolute paths, the voxel size."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            lr=lr,
+            data=None if self.data is None else str(Path(self.data).resolve()),
+            out=str(Path(self.out).resolve()),
+            spacing=tuple(spacing) if self.data is not None or self.spacing is not None else None,
+        )
+
     def to_json(self) -> str:
         """The options as JSON (a valid ``--config`` file; tuples as lists)."""
         data = asdict(self)

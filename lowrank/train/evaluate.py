@@ -18,8 +18,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 
 from ..data import require_nibabel
 from .infer import segmentation_metrics
+from .report import write_text_atomic
 
 __all__ = ["evaluate", "evaluate_files", "format_table", "class_names"]
 
@@ -41,9 +40,9 @@ def class_names(classes: Sequence[str] | None) -> list[str] | None:
         return None
     classes = list(classes)
     if len(classes) == 1 and classes[0].endswith(".json"):
-        from ..data import find_dataset
+        from ..data.datasets import dataset_names
 
-        names = find_dataset(Path(classes[0])).classes
+        names = dataset_names(classes[0])[0]
         if not names:
             raise ValueError(f"--classes {classes[0]}: no 'labels' in this file")
         return list(names)
@@ -105,20 +104,6 @@ def _pairs(prediction: Path, reference: Path) -> list[tuple[str, Path, Path]]:
     return [(r.name, prediction / r.name, r) for r in refs]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _finite(value: float) -> float | None:
     return round(value, 6) if math.isfinite(value) else None
 
@@ -136,7 +121,8 @@ def evaluate(
         prediction, reference: two label-map files, or two folders paired by file name (every
             reference needs a prediction; other files in the prediction folder are ignored).
         classes: class names (background first), or one path to a ``dataset.json`` or
-            ``checkpoint.pt``; default: ``background, class1, …`` up to the largest reference label.
+            ``checkpoint.pt``; default: the ``dataset.json`` next to a reference folder (as
+            for ``labelsTs/``), else ``background, class1, …`` up to the largest reference label.
         output: the summary JSON to write (``metrics.csv`` next to it); default for folders:
             ``PREDICTION/summary.json``; for two files: nothing written.
 
@@ -153,6 +139,11 @@ def evaluate(
             raise FileNotFoundError(f"no such file or folder: {p}")
     pairs = _pairs(prediction, reference)
     names = class_names(classes)
+    description = reference.parent / "dataset.json"
+    if names is None and reference.is_dir() and description.is_file():  # labelsTs/ of a dataset
+        from ..data.datasets import dataset_names
+
+        names = list(dataset_names(description)[0] or []) or None
     loaded = []
     for case, pred_path, ref_path in pairs:  # every file is read and checked before any metric
         ref, ref_img = _read_labels(ref_path, "reference")
@@ -224,8 +215,8 @@ def evaluate(
         for n, m in mean.items():
             writer.writerow(["mean", n, f"{m['dice']:.6f}", f"{m['hd95']:.6f}"])
         csv_path = output.with_name("metrics.csv")
-        _write_atomic(output, json.dumps(summary, indent=2) + "\n")
-        _write_atomic(csv_path, buffer.getvalue())
+        write_text_atomic(output, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(csv_path, buffer.getvalue())
         result["written"] = [str(output), str(csv_path)]
     return result
 

@@ -37,6 +37,7 @@ from .checkpoint import (
 )
 from .config import RESUMABLE, TrainConfig, default_lr, load_split
 from .infer import autocast_context, mean_metric, segmentation_metrics, sliding_window_predict
+from .report import data_text, validation_text, write_text_atomic
 
 __all__ = [
     "train",
@@ -165,8 +166,6 @@ def _resume_state(cfg: TrainConfig, path: Path, net: dict) -> dict | None:
     for key, value in now.items():
         if key in RESUMABLE or key == "spec" or key not in saved or saved[key] == value:
             continue
-        if key == "lr" and value is None:
-            continue
         flag = "--" + key.replace("_", "-")
         raise CheckpointError(
             f"--resume: {path} was trained with {flag} {saved[key]!r}, this run asks {value!r}; on resume "
@@ -217,6 +216,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         nan_to_num=cfg.nan_to_num,
     )
     k = len(split.classes)
+    if cfg.data is not None and info.is_main and not cfg.quiet:
+        print(data_text(cfg, split), flush=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = _build(cfg, split.in_channels, k).to(device)
@@ -247,7 +248,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     history: dict[str, Any] = {"step": [], "loss": [], "lr": [], "val": []}
     start, elapsed_before, cpu_before = 0, 0.0, 0.0
     # what this run uses (config.json and the checkpoint): resolved lr, paths and spacing
-    cfg = _resolved(cfg, lr, spacing)
+    cfg = cfg.resolved(lr, spacing)
     state = _resume_state(cfg, ckpt_path, net)
     if state is not None:
         try:
@@ -280,7 +281,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(ckpt_path)  # left by a writer killed mid-save
-        (out / "config.json").write_text(cfg.to_json() + "\n")
+        write_text_atomic(out / "config.json", cfg.to_json() + "\n")
     bar = tqdm(
         total=cfg.steps,
         initial=start,
@@ -355,28 +356,6 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     return result
 
 
-def _validation_text(cfg: TrainConfig, split) -> str:
-    if split.slab:
-        return "held-out z-slab"
-    names = [v.name for v in split.val]
-    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    fold = f"fold {cfg.fold} of 5: " if cfg.fold is not None else ""
-    return f"{fold}{len(names)} held-out case(s) ({shown})"
-
-
-def _resolved(cfg: TrainConfig, lr: float, spacing) -> TrainConfig:
-    """``cfg`` as this run uses it: the peak lr, absolute paths, the training voxel size."""
-    import dataclasses
-
-    return dataclasses.replace(
-        cfg,
-        lr=lr,
-        data=None if cfg.data is None else str(Path(cfg.data).resolve()),
-        out=str(Path(cfg.out).resolve()),
-        spacing=tuple(spacing) if cfg.data is not None or cfg.spacing is not None else None,
-    )
-
-
 def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> dict[str, Any]:
     """metrics.json, figures and the summary (rank 0)."""
     if not info.is_main:
@@ -408,10 +387,10 @@ def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> di
         "dice": {c: round(m["dice"], 4) for c, m in final.items()},
         "hd95_mm": {c: (round(m["hd95"], 3) if math.isfinite(m["hd95"]) else None) for c, m in final.items()},
         "mean_dice": round(mean_metric(final, "dice"), 4),
-        "validation": _validation_text(cfg, split),
+        "validation": validation_text(cfg, split),
         "slab": list(split.slab) if split.slab else None,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     figures: list[str] = []
     if cfg.report:
         from .report import write_figures

@@ -268,8 +268,8 @@ def predict_cases(
 
     if bool(inputs) == bool(images):
         raise ValueError(
-            "give the image file(s) of one case (lowrank predict CKPT image.nii.gz -o seg.nii.gz) or -i "
-            "with folders/files of cases (lowrank predict CKPT -i FOLDER -o OUT_FOLDER), not both"
+            "give either the image file(s) of one case (lowrank predict CKPT image.nii.gz -o seg.nii.gz) "
+            "or -i with folders/files of cases (lowrank predict CKPT -i FOLDER -o OUT_FOLDER)"
         )
     if str(checkpoint).endswith((".nii", ".nii.gz")):
         raise ValueError(

@@ -16,10 +16,63 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["write_figures", "plot_curves", "plot_overlay", "plot_components", "component_maps", "summary"]
+__all__ = [
+    "data_text",
+    "validation_text",
+    "write_text_atomic",
+    "write_figures",
+    "plot_curves",
+    "plot_overlay",
+    "plot_components",
+    "component_maps",
+    "summary",
+]
 
 #: label colours (background transparent): CSF, GM, WM, then matplotlib's tab10
 _COLOURS = ["#00000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def data_text(cfg, split) -> str:
+    """One line on the data of a run: cases, channels, classes, voxel size, validation."""
+    cases = len(split.train) + len(split.val) if split.slab is None else 1
+    spacing = "×".join(f"{v:g}" for v in split.full.spacing)
+    return (
+        f"[lowrank] {cfg.data}: {cases} case(s), channels {', '.join(split.channels)}; classes "
+        f"{', '.join(split.classes)}; voxels {spacing} mm; validation: {validation_text(cfg, split)}"
+    )
+
+
+def validation_text(cfg, split) -> str:
+    """How a run validates: the held-out slab, or the held-out cases (and the fold)."""
+    if split.slab:
+        return "held-out z-slab"
+    names = [v.name for v in split.val]
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    fold = f"fold {cfg.fold} of 5: " if cfg.fold is not None else ""
+    return f"{fold}{len(names)} held-out case(s) ({shown})"
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a text file atomically (a temp file in the same folder, then a rename).
+
+    A reader, or a crash at any moment, sees the previous file or the new one, never a part.
+    """
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def _plt():
