@@ -18,6 +18,7 @@ Which registry a nested name is looked up in is decided by the parameter's decla
 from __future__ import annotations
 
 import inspect
+import operator
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -165,6 +166,24 @@ def _passable(obj: Callable, context: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in context.items() if var_kw or k in accepted}
 
 
+def _check_context(kind: str, context: Mapping[str, Any]) -> None:
+    """The caller's channel counts and spatial dims (not part of any spec text)."""
+    for key in ("channels", "in_channels", "out_channels"):
+        if key not in context:
+            continue
+        value = context[key]
+        try:
+            count = operator.index(value) if not isinstance(value, bool) else None
+        except TypeError:
+            count = None
+        if count is None or count < 1:
+            raise ValueError(f"building a {kind}: {key} must be an int >= 1, got {value!r}")
+    if "spatial_dims" in context and context["spatial_dims"] not in (1, 2, 3):
+        raise ValueError(
+            f"building a {kind}: spatial_dims must be 1, 2 or 3, got {context['spatial_dims']!r}"
+        )
+
+
 def _check_depth(spec: Spec) -> None:
     if spec_depth(spec) > MAX_DEPTH:
         raise SpecError(
@@ -173,14 +192,15 @@ def _check_depth(spec: Spec) -> None:
         )
 
 
-def _located(spec: Spec, name: str, err: Exception) -> SpecError:
+def _located(spec: Spec, name: str, err: Exception, cls: type[SpecError] = SpecError) -> SpecError:
     """A constructor's error as a :class:`SpecError` with the spec and a caret under the first
     keyword the message names (or under the part's name)."""
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    message = err.message if isinstance(err, SpecError) else str(err).strip()
+    message = message.splitlines()[0] if message else type(err).__name__
     key = next((k for k in spec.kwargs if re.search(rf"\b{re.escape(k)}\b", message)), None)
     if not message.startswith(name):
         message = f"{name}(...): {message}"
-    return spec.error(message, key, "key")
+    return spec.error(message, key, "key", cls)
 
 
 def validate(kind: str, spec: Spec) -> Spec:
@@ -213,6 +233,8 @@ def validate(kind: str, spec: Spec) -> Spec:
             given_by_caller = [a for a in accepted if a in context]
             caller_note = f" (set by the caller: {', '.join(given_by_caller)})" if given_by_caller else ""
             takes = f"accepted: {', '.join(options)}" if options else f"{info.name}() takes no arguments"
+            if kind == "update" and not options:
+                takes += " (eps and iters belong to the solver, e.g. nmf(update=hals, eps=1e-6))"
             raise spec.error(
                 f"{info.name}() has no keyword {key!r};{did_you_mean(key, accepted)} {takes}{caller_note}",
                 key,
@@ -258,6 +280,7 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
     normalized = as_spec(spec)
     context_keys = KIND_CONTEXT.get(kind, ())
     context = {k: v for k, v in arguments.items() if k in context_keys and v is not None}
+    _check_context(kind, context)
     overrides = {k: v for k, v in arguments.items() if k not in context_keys and v is not None}
     if not isinstance(normalized, Spec):
         if isinstance(normalized, nn.Module) and not isinstance(normalized, type):
@@ -279,8 +302,13 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
     unset = {k: v for k, v in context.items() if k not in checked.kwargs}
     try:
         part = info.obj(**_passable(info.obj, unset), **checked.kwargs)
-    except SpecError:
-        raise
+    except SpecError as err:
+        own = checked.where.text if checked.where is not None else None
+        if err.text is None or own is None or err.text == own:
+            raise
+        # a spec the constructor wrote itself (e.g. a net's inner ``global(head_dim=3)``):
+        # shown in the user's spec, under the keyword it came from
+        raise _located(checked, info.name, SpecError(f"{err.message} (in {err.text})"), type(err)) from err
     except (ValueError, TypeError, OverflowError, MemoryError, RuntimeError) as err:
         # the constructor's own checks (or an allocation a value made impossible), located
         raise _located(checked, info.name, err) from err

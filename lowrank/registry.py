@@ -31,6 +31,7 @@ __all__ = [
     "get_part",
     "get_part_info",
     "did_you_mean",
+    "check_input",
 ]
 
 #: The kinds of part, with a one-line description each (used by ``lowrank list`` and the docs).
@@ -104,6 +105,58 @@ def _check_kind(kind: str) -> None:
         )
 
 
+#: the kinds whose ``forward(x, ...)`` gets the entry checks of :func:`check_input`
+_CHECKED = ("solver", "matricize", "block", "conv", "net")
+
+
+def check_input(x: Any, name: str, kind: str) -> None:
+    """The entry checks of a part's forward: a non-empty floating-point tensor.
+
+    Only the tensor's metadata is read (no pass over the data, no device sync, no graph break
+    under ``torch.compile``).
+
+    Args:
+        x: the first argument of ``forward``: ``(B, C, *S)``, or ``(*batch, M, N)`` for solvers.
+        name: the part's name, for the message.
+        kind: the part's kind.
+
+    Raises:
+        TypeError: not a tensor, or not a floating-point tensor (e.g. int64 labels or a uint8
+            image), with the fix.
+        ValueError: an empty batch or an empty spatial size (or empty matrices).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a tensor, got {type(x).__name__}")
+    if not (x.is_floating_point() or x.is_complex()):
+        dtype = str(x.dtype).removeprefix("torch.")
+        raise TypeError(
+            f"{name} expects a floating-point tensor, got {dtype}: convert the input first, e.g. x.float()"
+        )
+    if kind == "solver":
+        if x.dim() >= 2 and 0 in x.shape:
+            raise ValueError(f"{name} got empty matrices of shape {tuple(x.shape)}: nothing to factorize")
+        return
+    if x.dim() >= 1 and x.shape[0] == 0:
+        raise ValueError(f"{name} got an empty batch, shape {tuple(x.shape)}: pass at least one sample")
+    if x.dim() >= 3 and 0 in x.shape[2:]:
+        raise ValueError(
+            f"{name} got an empty spatial size, shape {tuple(x.shape)}: every spatial axis needs >= 1 voxel"
+        )
+
+
+def _checked_forward(forward: Callable[..., Any], info: PartInfo) -> Callable[..., Any]:
+    """``forward`` with :func:`check_input` on its first argument."""
+
+    @functools.wraps(forward)
+    def checked(self, x, *args, **kwargs):
+        part = getattr(type(self), "_lowrank_part", info)  # a registered subclass's own name
+        check_input(x, part.name, part.kind)
+        return forward(self, x, *args, **kwargs)
+
+    checked._lowrank_checked = True  # type: ignore[attr-defined]
+    return checked
+
+
 def _record_spec(cls: type) -> None:
     """Wrap ``cls.__init__`` so that each instance remembers the spec it was built from."""
     original_init = cls.__init__
@@ -126,6 +179,13 @@ def _record_spec(cls: type) -> None:
         object.__setattr__(self, "spec", spec_from_call(info.name, arguments, info.kind))
 
     cls.__init__ = __init__
+    if (
+        issubclass(cls, torch.nn.Module)
+        and cls._lowrank_part.kind in _CHECKED
+        and not getattr(cls.forward, "_lowrank_checked", False)
+        and cls.forward is not torch.nn.Module.forward
+    ):
+        cls.forward = _checked_forward(cls.forward, cls._lowrank_part)
     if issubclass(cls, torch.nn.Module) and not getattr(cls.extra_repr, "_lowrank_spec_repr", False):
         original_extra_repr = cls.extra_repr  # (a registered base's wrapper is inherited as is)
 

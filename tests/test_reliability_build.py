@@ -233,3 +233,78 @@ def test_fuzz_nested_specs_build_or_raise_spec_errors(case):
     except SpecError as err:
         assert err.text == text, str(err)
         assert str(err).splitlines()[-1].strip() == "^"
+
+
+# -------------------------------------------------------------- fuzzing the declared ranges
+def _ranged_parameters() -> list[tuple[str, str, str, object]]:
+    """(kind, part, parameter, Range) for every registered part parameter that has a range."""
+    from lowrank import list_parts
+    from lowrank.build import _signature
+    from lowrank.hints import _declares_range, range_of
+    from lowrank.registry import get_part_info
+
+    out = []
+    for entry in list_parts():
+        kind, name = entry.split(":")
+        if kind in ("conv", "update"):
+            continue
+        signature, hints = _signature(get_part_info(kind, name).obj)
+        for key, param in signature.parameters.items():
+            hint = hints.get(key, param.annotation)
+            bounds = range_of(key, hint)
+            if bounds is not None and not _declares_range(hint):
+                out.append((kind, name, key, bounds))
+    return out
+
+
+_RANGED = _ranged_parameters()
+
+
+@given(
+    case=st.sampled_from(_RANGED),
+    number=st.one_of(
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from([0, -1, 1e-300, 1e-7, 1e300, 2**63, -(2**63) - 1]),
+    ),
+)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzz_numbers_outside_a_parameter_range_are_refused(case, number):
+    """A number outside the parameter's range is a SpecError naming it, never a built part."""
+    kind, name, key, bounds = case
+    text = f"{name}({key}={number!r})"
+    context = {
+        "solver": {},
+        "init": None,
+        "matricize": {"channels": 16, "spatial_dims": 3},
+        "block": {"channels": 16, "spatial_dims": 3},
+        "net": {"in_channels": 1, "out_channels": 2, "spatial_dims": 3},
+    }[kind]
+    if context is None:  # an init: inside a solver
+        kind, text, context = "solver", f"nmf(init={text})", {}
+    try:
+        with torch.device("meta"):
+            build(kind, text, **context)
+    except SpecError as err:
+        assert err.text == text
+        if not bounds.contains(number):
+            assert f"{key} must be" in err.message or "expects" in err.message, err.message
+        return
+    except TypeError:  # the number's type does not fit (an int parameter given a float)
+        return
+    assert bounds.contains(number), f"{text} was built although {key} must be {bounds.describe()}"
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda: build_block("factorizer", 0), "channels must be an int >= 1, got 0"),
+        (lambda: build_block("factorizer", 16.5), "channels must be an int >= 1, got 16.5"),
+        (lambda: build_block("factorizer", True), "channels must be an int >= 1, got True"),
+        (lambda: build_block("factorizer", 16, spatial_dims=4), "spatial_dims must be 1, 2 or 3, got 4"),
+        (lambda: build_net("unet", 1, 0), "out_channels must be an int >= 1, got 0"),
+    ],
+)
+def test_caller_arguments_are_checked(call, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        call()

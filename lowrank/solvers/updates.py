@@ -19,11 +19,18 @@ __all__ = ["HALSUpdate", "MUUpdate", "hals_columns", "kept_columns"]
 
 @register("update", "mu", aliases=("multiplicative",), test_spec="nmf(rank=2, update=mu)")
 class MUUpdate(Update):
-    """Multiplicative update (Lee & Seung): ``W ← W ⊙ (X H) ⊘ (W HᵀH + eps)``.
+    """Multiplicative update (Lee & Seung): ``W ← W ⊙ (X H)⁺ ⊘ (W HᵀH + (X H)⁻ + eps)``.
 
-    Non-increasing objective for ``X, W, H >= 0``. Entries that reach 0 stay 0; ``eps``
-    (relative to the scaled data) keeps all-zero rows at 0 with finite gradients. V starts from
-    ones, so its first update is ``(XᵀU) ⊘ (1ᵀ UᵀU)`` (the rank-1 power step).
+    For ``X >= 0`` this is Lee & Seung's ``W ⊙ (X H) ⊘ (W HᵀH + eps)`` exactly (``(XH)⁻ = 0``).
+    For signed X (e.g. a Factorizer with ``mixer_act=none``) the gradient ``W HᵀH − X H`` is
+    split into its positive part ``W HᵀH + (XH)⁻`` and negative part ``(XH)⁺``; the update is
+    then the minimizer of a Lee–Seung auxiliary function of the least-squares objective
+    ``‖X − W Hᵀ‖²`` over ``W >= 0``, so the objective is non-increasing for any X, the factors
+    stay non-negative and the denominators stay ``>= eps``: the output and its gradients are
+    finite (the fit of signed X by non-negative factors is biased, not wrong). Entries that
+    reach 0 stay 0; ``eps`` (relative to the scaled data) keeps all-zero rows at 0 with finite
+    gradients. V starts from ones, so its first update is ``(XᵀU) ⊘ (1ᵀ UᵀU)`` (the rank-1
+    power step).
     """
 
     start = 1.0
@@ -32,7 +39,11 @@ class MUUpdate(Update):
         """Return the updated W ``(*batch, P, R)`` (X read as ``scale · X``)."""
         a = x @ h if scale is None else (x @ h) * scale
         b = h.mT @ h
-        return w * a / (w @ b + eps)
+        # (XH)⁻ is 0 for X >= 0: the sum (and its gradient) are then bitwise Lee & Seung's
+        new = w * a.clamp_min(0) / (w @ b + torch.relu(-a) + eps)
+        # an entry at 0 stays 0 (a constant): its derivative a⁺/(W HᵀH + a⁻ + eps) can be
+        # ~1/eps where a whole row of W is 0, and chained over the iterations it overflows
+        return torch.where(w > 0, new, torch.zeros_like(new))
 
 
 def kept_columns(d: Tensor, eps: float) -> Tensor:
