@@ -72,6 +72,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(collections\.abc|typing|pathlib|os|enum|dataclasses|contextlib|io)\..*"),
     (r"py:class", r"(Tensor|Path|Sequence|Callable|Mapping|Iterable|Iterator|Module|nn\.Module)"),
     (r"py:class", r"dict\[str"),  # a builtin type hint that autodoc splits at its comma
+    (r"py:class", r"'[^']*'|\d+"),  # literal values in a docstring's type ("'bf16' | 'fp16'", "2 | 3")
 ]
 
 # -- autodoc / autosummary / napoleon -------------------------------------------------------

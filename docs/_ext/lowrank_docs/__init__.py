@@ -172,8 +172,13 @@ def _data_homes() -> dict[str, str]:
 def short_name_index() -> dict[str, set[str]]:
     """Short name -> where classes and functions of that name are defined, over all of lowrank."""
     if not _SHORT_NAMES:
-        for name in public_modules():
-            module = importlib.import_module(name)
+        for name in sorted(_all_module_names()):
+            if name.rsplit(".", 1)[-1] == "__main__":
+                continue
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # an optional backend's module (Triton) without its package
+                continue
             for attr, obj in vars(module).items():
                 if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__.startswith("lowrank"):
                     _SHORT_NAMES.setdefault(attr, set()).add(f"{obj.__module__}.{obj.__qualname__}")
@@ -203,7 +208,12 @@ def _missing_reference(app, env, node, contnode):
                 return resolved
     # a private implementation class (a base class or a type hint) is not documented: plain text
     name = real or target
-    if name.startswith("lowrank.") and any(p.startswith("_") for p in name.split(".")):
+    if any(p.startswith("_") and not p.startswith("__") for p in name.split(".")):
+        return contnode
+    # an autosummary table shows other objects' summaries out of their module: a short name there
+    # that names several objects is left unlinked (it is linked on the object's own page)
+    in_table = "<autosummary>" in (node.source or "")
+    if in_table and "." not in target and len(short_name_index().get(target, ())) > 1:
         return contnode
     return None
 
@@ -271,12 +281,37 @@ def _all_module_names() -> set[str]:
     return {"lowrank"} | {m.name for m in pkgutil.walk_packages(root.__path__, prefix="lowrank.")}
 
 
+def _prefer_modules(hidden: list[str]) -> None:
+    """Make autosummary import the modules in ``hidden`` as modules (see :func:`shadowed_modules`).
+
+    autosummary reads ``lowrank.build`` as the attribute ``build`` of ``lowrank`` (the function);
+    without this, such a module would get no page.
+    """
+    from sphinx.ext import autosummary
+
+    original = getattr(autosummary._import_by_name, "__wrapped__", autosummary._import_by_name)
+
+    def import_by_name(name: str, grouped_exception: bool = True):
+        if name in hidden:
+            module = importlib.import_module(name)
+            return module, None, name
+        return original(name, grouped_exception)
+
+    import_by_name.__wrapped__ = original
+    autosummary._import_by_name = import_by_name
+
+
 def _config_inited(app, config) -> None:
     context = dict(config.autosummary_context or {})
     context["registered"] = sorted(registered_targets())
     modules = public_modules()
     context["canonical"] = reexports(modules)
-    context["shadowed"] = shadowed_modules(modules)
+    hidden = shadowed_modules(modules)
+    _prefer_modules(hidden)
+    context["hidden_modules"] = {}
+    for name in hidden:  # autosummary leaves them out of their package's module list: put them back
+        package, _, short = name.rpartition(".")
+        context["hidden_modules"].setdefault(package, []).append(short)  # relative, as autosummary wants
     context["module_names"] = sorted(sys.modules.keys() & _all_module_names())
     config.autosummary_context = context
 
