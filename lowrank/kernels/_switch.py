@@ -19,7 +19,7 @@ called, from the environment variable ``LOWRANK_KERNELS``.
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
 
 import torch
@@ -47,14 +47,13 @@ def current() -> str:
     return _check(env, f"the environment variable {ENV_VAR}") if env else "auto"
 
 
-@functools.cache
+#: whether the triton package is installed (looked up once, without importing it)
+_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    """Whether ``import triton`` succeeds (cached)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the triton package is installed (it is imported at the first kernel call)."""
+    return _TRITON
 
 
 def triton_interpreted() -> bool:
@@ -99,6 +98,24 @@ class use_kernels:  # noqa: N801 (used like a function, as timm's ``use_fused_at
 
     def __repr__(self) -> str:
         return f"use_kernels({self.backend!r})"
+
+
+class pinned:  # noqa: N801
+    """The current setting, to re-enter later (e.g. a checkpointed recomputation in backward):
+    ``with pinned_setting:`` runs under the setting active when it was made."""
+
+    def __init__(self):
+        self.setting = current()
+
+    def __enter__(self) -> pinned:
+        self._previous = _setting[0]
+        if not torch.compiler.is_compiling():
+            _setting[0] = self.setting
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not torch.compiler.is_compiling():
+            _setting[0] = self._previous
 
 
 def backend_for(device: torch.device, *, cpu_ok: bool = True, triton_ok: bool = True) -> str:

@@ -90,6 +90,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..build import InitSpec, build
+from ..kernels._switch import pinned as kernels_setting
 from ._numerics import (
     abs_max,
     compute_dtype,
@@ -416,8 +417,12 @@ class Factorization(nn.Module):
         with torch.no_grad():  # the head: initial state and the first T - k steps
             start = self.factorize(self._prepare(x, mf, dtype, rank)[0], mf, rank, iters - k, eps)
 
+        pinned = kernels_setting()
+
         def tail(x: Tensor, *start: Tensor) -> tuple[Tensor, ...]:
-            return self._finish(x, mf, dtype, rank, k, eps, start)
+            # backward recomputes this under the forward's kernel backend, wherever it runs
+            with pinned:
+                return self._finish(x, mf, dtype, rank, k, eps, start)
 
         return checkpoint(tail, x, *start, use_reentrant=False, preserve_rng_state=False)
 

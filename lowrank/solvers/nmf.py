@@ -140,17 +140,19 @@ class NMF(Factorization):
         self, x: Tensor, rank: int, iters: int, eps: float, start: State | None, need_out: bool
     ) -> tuple[Tensor | None, State]:
         """:func:`lowrank.kernels.nmf_iterations` from the init (or, on ``cpu``, from ``start``):
-        ``(out, (U, V, 1/s))``."""
+        ``(out, (U, V, 1/s))``; ``(out, (U,))`` when neither the factors nor a state to continue
+        from are needed (the Triton kernels scale X themselves: no pass over X here)."""
+        want = self.store_factors or self.return_factors
+        cpu = self._kernel(x, rank) == "cpu"
         if start is None:
-            u0, v0, inv = self.initial_u(x, rank), None, inverse_scale(x)
+            u0, v0, inv = self.initial_u(x, rank), None, inverse_scale(x) if cpu or want else None
         else:
             u0, v0, inv = start
-        want = self.store_factors or self.return_factors
         out, u, v = kernels.nmf_iterations(
             x, u0, iters, eps, self._rule(), grad_steps=self.grad_steps, v0=v0, inv=inv,
             need_out=need_out, need_v=want,
         )  # fmt: skip
-        return out, (u, u if v is None else v, inv)
+        return out, (u,) if inv is None else (u, u if v is None else v, inv)
 
     def factorize(
         self,

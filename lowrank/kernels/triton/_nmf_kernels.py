@@ -133,11 +133,11 @@ def _hals_inv(b, rr, R, eps):
 
 
 @triton.jit
-def _update(a, w, b, rr, R, eps, HALS: tl.constexpr, RB: tl.constexpr):
+def _update(a, w, b, rr, R: tl.constexpr, eps, HALS: tl.constexpr, RB: tl.constexpr):
     """One update of W given ``A = s Xp H`` and ``B = HᵀH``."""
     if HALS:
         inv = _hals_inv(b, rr, R, eps)
-        for r in tl.static_range(RB):
+        for r in tl.static_range(R):  # padding columns (R..RB) stay 0: no sweep over them
             brow = tl.sum(tl.where(rr[None, :] == r, b, 0.0), 1)  # B[:, r] (B symmetric)
             bcol_r = brow  # B_lr over l
             b_rr = tl.sum(tl.where(rr == r, brow, 0.0), 0)
@@ -152,7 +152,7 @@ def _update(a, w, b, rr, R, eps, HALS: tl.constexpr, RB: tl.constexpr):
 
 
 @triton.jit
-def _update_bwd(a, w, b, g, rr, R, eps, HALS: tl.constexpr, RB: tl.constexpr):
+def _update_bwd(a, w, b, g, rr, R: tl.constexpr, eps, HALS: tl.constexpr, RB: tl.constexpr):
     """Adjoint of :func:`_update`: ``(dA, dW, dB)`` for ``G = dL/dW'``."""
     if HALS:
         inv = _hals_inv(b, rr, R, eps)
@@ -160,8 +160,8 @@ def _update_bwd(a, w, b, g, rr, R, eps, HALS: tl.constexpr, RB: tl.constexpr):
         da = tl.zeros_like(a)
         dw = tl.zeros_like(w)
         db = tl.zeros_like(b)
-        for i in tl.static_range(RB):
-            r = RB - 1 - i
+        for i in tl.static_range(R):
+            r = R - 1 - i
             brow = tl.sum(tl.where(rr[None, :] == r, b, 0.0), 1)
             inv_r = tl.sum(tl.where(rr == r, inv, 0.0), 0)
             nr = _col(new, rr, r)
@@ -193,12 +193,12 @@ def _start_v(rn, rr, N, R, dtype, START: tl.constexpr, BN: tl.constexpr, RB: tl.
 
 
 @triton.jit
-def _u_step(xs, u, v, rr, R, eps, HALS: tl.constexpr, RB: tl.constexpr):
+def _u_step(xs, u, v, rr, R: tl.constexpr, eps, HALS: tl.constexpr, RB: tl.constexpr):
     return _update(_dot(xs, v), u, _dot(tl.trans(v), v), rr, R, eps, HALS, RB)
 
 
 @triton.jit
-def _v_step(xs, u, v, rr, R, eps, HALS: tl.constexpr, RB: tl.constexpr):
+def _v_step(xs, u, v, rr, R: tl.constexpr, eps, HALS: tl.constexpr, RB: tl.constexpr):
     return _update(_dot(tl.trans(xs), u), v, _dot(tl.trans(u), u), rr, R, eps, HALS, RB)
 
 
@@ -210,7 +210,7 @@ def _load_factor(ptr, pid, P, R, rp, rr, dtype):
 
 @triton.jit
 def nmf_fwd(
-    x_ptr, u0_ptr, out_ptr, u_ptr, v_ptr, M, N, R, T, eps,
+    x_ptr, u0_ptr, out_ptr, u_ptr, v_ptr, M, N, T, eps, R: tl.constexpr,
     HALS: tl.constexpr, START: tl.constexpr, NEED_V: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, RB: tl.constexpr,
 ):  # fmt: skip
@@ -236,7 +236,7 @@ def nmf_fwd(
 
 @triton.jit
 def nmf_bwd(
-    x_ptr, u0_ptr, g_ptr, gu_ptr, gv_ptr, dx_ptr, du0_ptr, M, N, R, T, DIFF, eps,
+    x_ptr, u0_ptr, g_ptr, gu_ptr, gv_ptr, dx_ptr, du0_ptr, M, N, T, DIFF, eps, R: tl.constexpr,
     HALS: tl.constexpr, START: tl.constexpr, HAS_GU: tl.constexpr, HAS_GV: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, RB: tl.constexpr,
 ):  # fmt: skip

@@ -111,7 +111,7 @@ def _nmf(
     v = torch.empty(b, n if need_v else 0, rank, dtype=x.dtype, device=x.device)
     bm, bn = _blocks(m, n)
     k.nmf_fwd[(b,)](
-        x, u0, out, u, v, m, n, rank, iters, eps,
+        x, u0, out, u, v, m, n, iters, eps, rank,
         HALS=update == "hals", START=_START[update], NEED_V=need_v,
         BM=bm, BN=bn, RB=16, num_warps=_warps(m, n),
     )  # fmt: skip
@@ -139,7 +139,7 @@ def _nmf_bwd(
     dx, du0 = torch.empty_like(x), torch.empty(b, m, rank, dtype=x.dtype, device=x.device)
     bm, bn = _blocks(m, n)
     k.nmf_bwd[(b,)](
-        x, u0, g, gu, gv, dx, du0, m, n, rank, iters, diff, eps,
+        x, u0, g, gu, gv, dx, du0, m, n, iters, diff, eps, rank,
         HALS=update == "hals", START=_START[update], HAS_GU=gu.numel() > 0, HAS_GV=gv.numel() > 0,
         BM=bm, BN=bn, RB=16, num_warps=_warps(m, n),
     )  # fmt: skip
