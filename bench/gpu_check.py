@@ -36,15 +36,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import inspect
 import json
 import os
-import signal
-import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +48,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SECTIONS", "Config", "Skip", "main", "run_sections", "spec_bandwidth", "textbook_nmf"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check_runner import Config, Section, Skip, free_memory, median_time, run_sections, to_markdown, write
+
+__all__ = [
+    "SECTIONS",
+    "Config",
+    "Skip",
+    "main",
+    "run_sections",
+    "spec_bandwidth",
+    "textbook_nmf",
+    "to_markdown",
+]
 
 #: spec-sheet memory bandwidth (TB/s) by a device name's markers, first match wins
 _SPEC_TBS = [
@@ -63,62 +71,6 @@ _SPEC_TBS = [
     (("A100", "80GB"), 2.0),
     (("A100",), 1.55),
 ]
-
-
-class Skip(Exception):
-    """A section (or the rest of one) does not run: the message says why."""
-
-
-class Config:
-    """Sizes and repetitions of a run: the full GPU check or the CPU smoke test."""
-
-    def __init__(self, *, smoke: bool, budget: float):
-        self.smoke, self.budget, self.start = smoke, budget, time.monotonic()
-        self.device = torch.device("cpu" if smoke or not torch.cuda.is_available() else "cuda")
-        # smoke: rank 2 for rank 8 (the interpreter runs HALS's rank-8 column loop for seconds)
-        self.ranks = (1, 2) if smoke else (1, 8)
-        self.parity_shape = (2, 8, 16) if smoke else (16, 8, 256)
-        self.nmf_shape = (1, 8, 32) if smoke else (4096, 8, 512)
-        self.warmup, self.reps = (0, 1) if smoke else (3, 20)
-        self.net_size, self.net_reps = (32, 1) if smoke else (128, 10)
-        self.copy_bytes = 2**24 if smoke else 2**30
-
-    def left(self) -> float:
-        """Seconds left of the budget."""
-        return self.budget - (time.monotonic() - self.start)
-
-    def need(self, seconds: float, what: str) -> None:
-        """Raise :class:`Skip` unless ``seconds`` are left for ``what``."""
-        if self.left() < seconds:
-            raise Skip(
-                f"time guard: {self.left():.0f} s left of {self.budget:.0f} s, {what} needs ~{seconds:.0f} s"
-            )
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-
-def median_time(
-    cfg: Config, fn: Callable[[], object], *, warmup: int | None = None, reps: int | None = None
-) -> float:
-    """Median seconds of ``fn()`` after warm-up: CUDA events on CUDA, ``perf_counter`` on CPU."""
-    for _ in range(cfg.warmup if warmup is None else warmup):
-        fn()
-    times = []
-    for _ in range(cfg.reps if reps is None else reps):
-        if cfg.device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -188,9 +140,11 @@ def section_parity(cfg: Config, result: dict) -> None:
         cfg.need(5, f"parity of {spec}")
         layer = lowrank.build_solver(spec).to(cfg.device)
         want = _run_solver(layer, x64, probe, "reference")
-        nmf_grid = spec.startswith("nmf(")
+        # float32 too for the NMF grid (the smoke: its Triton rows, grad_steps=1, to save time)
+        fp32 = spec.startswith("nmf(") and not (cfg.smoke and "grad_steps=none" in spec)
         for backend in backends:
-            for dtype, tol in [(torch.float64, 1e-8), (torch.float32, 1e-3)][: 2 if nmf_grid else 1]:
+            dtypes = [(torch.float64, 1e-8), (torch.float32, 1e-3)]
+            for dtype, tol in dtypes[: 2 if fp32 and not (cfg.smoke and backend == "auto") else 1]:
                 row = {"part": spec, "backend": backend, "ran": _ran(layer, x64.to(dtype), backend)}
                 out, gx = _run_solver(layer, x64.to(dtype), probe, backend)
                 row.update(dtype=str(dtype).removeprefix("torch."), out_err=_rel(out, want[0]))
@@ -354,13 +308,6 @@ def _train_step(cfg: Config, model: torch.nn.Module) -> Callable[[], None]:
     return step
 
 
-def _free_memory(cfg: Config) -> None:
-    gc.collect()
-    if cfg.device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def section_nets(cfg: Config, result: dict) -> None:
     if cfg.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -369,13 +316,13 @@ def section_nets(cfg: Config, result: dict) -> None:
         torch.manual_seed(0)
         model = build().to(cfg.device).train()
         step = _train_step(cfg, model)
-        _free_memory(cfg)
+        free_memory(cfg)
         seconds = median_time(cfg, step, reps=cfg.net_reps)
         mem = torch.cuda.max_memory_allocated(cfg.device) / 2**20 if cfg.device.type == "cuda" else None
         params = sum(p.numel() for p in model.parameters())
         result["rows"].append({"model": name, "params_M": params / 1e6, "ms": seconds * 1e3, "peak_MiB": mem})
         del model, step
-        _free_memory(cfg)
+        free_memory(cfg)
     rows = {r["model"]: r for r in result["rows"]}
     for r in result["rows"]:
         for base in ("SwinUNETR", "SegResNet"):
@@ -399,7 +346,7 @@ def section_compile(cfg: Config, result: dict) -> None:
     eager = build().to(cfg.device).train()
     eager_s = median_time(cfg, _train_step(cfg, eager), reps=cfg.net_reps)
     del eager
-    _free_memory(cfg)
+    free_memory(cfg)
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
@@ -420,7 +367,7 @@ def section_compile(cfg: Config, result: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------- runner
-SECTIONS: dict[str, Callable[[Config, dict, dict], None]] = {
+SECTIONS: dict[str, Section] = {
     "parity": lambda cfg, res, done: section_parity(cfg, res),
     "bandwidth": lambda cfg, res, done: section_bandwidth(cfg, res),
     "nmf_layer": lambda cfg, res, done: section_nmf_layer(cfg, res, done.get("bandwidth", {})),
@@ -429,89 +376,21 @@ SECTIONS: dict[str, Callable[[Config, dict, dict], None]] = {
 }
 
 
-def _alarm(signum, frame):
-    raise Skip("time guard: the budget ran out inside this section (rows done so far kept)")
-
-
-def run_sections(cfg: Config, sections: dict[str, Callable[[Config, dict, dict], None]]) -> dict:
-    """Run each section in turn, isolated: its status is ``ok``, ``skipped`` (a :class:`Skip`:
-    the time guard or a missing dependency) or ``failed`` (any other exception: its last line);
-    rows a section produced before it stopped are kept. A SIGALRM at the budget's end (POSIX,
-    main thread) stops a section that runs past it."""
-    done: dict[str, dict] = {}
-    alarm = hasattr(signal, "SIGALRM") and sys.platform != "win32"
-    for name, fn in sections.items():
-        res: dict = {"status": "ok", "reason": "", "rows": []}
-        t0 = time.monotonic()
-        try:
-            cfg.need(0, name)
-            if alarm:
-                signal.signal(signal.SIGALRM, _alarm)
-                signal.setitimer(signal.ITIMER_REAL, max(cfg.left(), 0.01))
-            try:
-                fn(cfg, res, done)
-            finally:
-                if alarm:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-        except Skip as e:
-            res.update(status="skipped", reason=str(e))
-        except Exception as e:
-            traceback.print_exc(file=sys.stderr)
-            line = traceback.format_exception_only(type(e), e)[-1].strip().splitlines()[0]
-            res.update(status="failed", reason=line)
-        res["seconds"] = time.monotonic() - t0
-        print(
-            f"[gpu_check] {name}: {res['status']} {res['reason']} ({res['seconds']:.1f} s)", file=sys.stderr
-        )
-        done[name] = res
-        _free_memory(cfg)
-    return done
-
-
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        if v and (abs(v) < 1e-2 or abs(v) >= 1e5):
-            return f"{v:.2e}"
-        return f"{v:.3g}" if abs(v) < 10 else f"{v:,.1f}"
-    return "" if v is None else str(v)
-
-
-def to_markdown(meta: dict, sections: dict) -> str:
-    lines = [f"## GPU check ({'smoke, CPU' if meta['smoke'] else meta['device']})", ""]
-    lines += [f"- {k}: {v}" for k, v in meta.items()]
-    lines += ["", "| section | status | seconds | reason |", "|---|---|---|---|"]
-    lines += [f"| {n} | {s['status']} | {s['seconds']:.1f} | {s['reason']} |" for n, s in sections.items()]
-    for name, sec in sections.items():
-        if not sec["rows"]:
-            continue
-        keys = list(dict.fromkeys(k for r in sec["rows"] for k in r))
-        lines += ["", f"### {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in sec["rows"]]
-        if sec.get("notes"):
-            lines += ["", sec["notes"]]
-    return "\n".join(lines) + "\n"
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="every section on CPU at tiny sizes (a test)")
     parser.add_argument("--out", type=Path, help="also write OUT.md and OUT.json")
-    parser.add_argument("--budget", type=float, default=None, help="seconds (default 450; smoke 120)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds (default 440; smoke 120)")
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     args = parser.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        print("[gpu_check] no CUDA device: running --smoke (CPU, tiny sizes: a test, no measurement)")
+        args.smoke = True
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels import triton
         torch.set_num_threads(1)
-    cfg = Config(smoke=args.smoke, budget=args.budget or (120.0 if args.smoke else 450.0))
-    if cfg.device.type != "cuda" and not args.smoke:
-        print("[gpu_check] no CUDA device: running the CPU smoke sizes would measure nothing; use --smoke")
-        cfg = Config(smoke=True, budget=cfg.budget)
+    # 440 s: with the imports before it, the whole run stays under 8 minutes
+    cfg = Config(smoke=args.smoke, budget=args.budget or (120.0 if args.smoke else 440.0))
     try:
         import triton
 
@@ -534,8 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"meta": meta, "sections": sections}
     if args.out:
         base = args.out.with_suffix("") if args.out.suffix in (".md", ".json") else args.out
-        _write(base.with_name(base.name + ".md"), markdown)
-        _write(base.with_name(base.name + ".json"), json.dumps(report, indent=1, default=str))
+        write(base.with_name(base.name + ".md"), markdown)
+        write(base.with_name(base.name + ".json"), json.dumps(report, indent=1, default=str))
     return report
 
 
