@@ -7,9 +7,10 @@ Sections (each reports ``ok``, ``failed`` with its error line, or ``skipped`` wi
 failing section never loses the others; a time guard skips what would run past ``--budget``):
 
 * ``parity``: float64 ``reference`` against ``triton`` and ``auto`` for every registered solver
-  part (defaults, rank 4 where the default rank exceeds M) and the NMF kernels at rank 1 and 8, MU
-  and HALS, ``grad_steps`` None and 1 (float64, and float32 against the float64 reference):
-  max relative error (``max|a - b| / max|b|``) of the output and of the input gradient.
+  part (defaults; rank 4 where the default is larger; ``ham_nmf`` with HALS too) and the NMF
+  kernels at rank 1 and 8, MU and HALS, ``grad_steps`` None and 1 (float64, and float32 against
+  the float64 reference): max relative error (``max|a - b| / max|b|``) of the output and of the
+  input gradient, and which backend the layer picked (``ran``).
 * ``bandwidth``: a large device-to-device copy (bytes read + written / time) and the device's
   spec-sheet peak from a table of known GPUs.
 * ``nmf_layer``: the NMF layer on X (4096, 8, 512), T = 5, rank 1 and 8 (MU, HALS), fp32 and bf16
@@ -27,7 +28,7 @@ Usage::
     python bench/gpu_check.py --out gpu_check          # on a CUDA machine: gpu_check.md / .json
     python bench/gpu_check.py --smoke --out /tmp/smoke  # every section on CPU, tiny sizes, < 1 min
 
-``--smoke`` runs on CPU at tiny sizes (one thread, Triton kernels in its interpreter,
+``--smoke`` runs on CPU at tiny sizes (rank 2 for 8, one thread, Triton kernels in its interpreter,
 ``TRITON_INTERPRET=1``, when triton imports; ``torch.compile`` with dynamo's ``eager`` backend): a
 test of this script, run in CI (``tests/test_gpu_check.py``), not a measurement.
 """
