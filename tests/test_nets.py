@@ -298,7 +298,8 @@ def test_skeleton_any_size_property(dims, size, strides, down, up_kernel):
 @pytest.mark.parametrize("dims,size", [(2, (45, 37)), (3, (19, 13, 22))])
 def test_training_default_small_config(dims, size):
     """The training helper's default: small widths, any size, 2-D and 3-D."""
-    net = build_net("swin_factorizer(channels=[16, 32, 64], pos_embed_size=32)", 1, 4, spatial_dims=dims)
+    spec = "swin_factorizer(channels=[16, 32, 64], pos_embed_size=32, deep_supervision=2)"
+    net = build_net(spec, 1, 4, spatial_dims=dims)
     x = torch.randn(1, 1, *size)
     out = net.train()(x)
     assert [o.shape for o in out] == [(1, 4, *size), (1, 4, *[math.ceil(s / 2) for s in size])]

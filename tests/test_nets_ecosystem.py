@@ -8,7 +8,7 @@ from monai.bundle import ConfigParser
 from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 
-from lowrank import build_net, get_part
+from lowrank import build_net, get_part, list_parts
 
 MICRO = {  # two levels, 1-D: the cheapest configuration of each net (for compile tracing)
     "swin_factorizer": "swin_factorizer(channels=[4, 8], head_dim=4, patch=4, iters=2, pos_embed_size=8)",
@@ -20,8 +20,8 @@ MICRO = {  # two levels, 1-D: the cheapest configuration of each net (for compil
 }
 SMALL_3D = {  # three levels, 3-D, deep supervision
     "swin_factorizer": "swin_factorizer(channels=[8, 16, 32], head_dim=4, patch=4, iters=2, "
-    "pos_embed_size=16)",
-    "unet": "unet(channels=[4, 8, 16])",
+    "pos_embed_size=16, deep_supervision=2)",
+    "unet": "unet(channels=[4, 8, 16], deep_supervision=2)",
 }
 
 
@@ -104,3 +104,37 @@ def test_compiled_fullgraph_matches_eager():
     compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+#: every registered net at its defaults but small, three levels (so deep supervision could apply)
+_F3 = "channels=[8, 16, 32], head_dim=4, iters=2, pos_embed_size=none"
+DEFAULTS_3_LEVELS = {
+    "swin_factorizer": f"swin_factorizer({_F3}, patch=4)",
+    "local_factorizer": f"local_factorizer({_F3}, patch=4)",
+    "global_factorizer": f"global_factorizer({_F3})",
+    "unet": "unet(channels=[4, 8, 16])",
+    "resunet": "resunet(channels=[4, 8, 16])",
+    "pre_unet": "pre_unet(channels=[4, 8, 16])",
+    "lowrank_resunet": "lowrank_resunet(channels=[4, 8, 16])",
+    "unet_skeleton": "unet_skeleton(channels=[4, 8, 16])",
+    "ham_segnet": "ham_segnet(channels=[4, 8, 8], ham_channels=8, head_channels=8, norm=batch, "
+    "hamburger=hamburger(ham=ham_nmf(rank=2, iters=2), version=v1, out_act=relu))",
+}
+
+
+def test_every_net_has_a_default_output_check():
+    assert set(DEFAULTS_3_LEVELS) == set(list_parts("net"))
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS_3_LEVELS))
+def test_plain_dice_ce_on_the_default_training_output(name):
+    """One rule: deep supervision off by default, one tensor out in training (MONAI's nets')."""
+    torch.manual_seed(0)
+    net = build_net(DEFAULTS_3_LEVELS[name], 1, 3).train()
+    x = torch.randn(2, 1, 16, 16, 16)
+    y = torch.randint(0, 3, (2, 1, 16, 16, 16)).float()
+    out = net(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 16, 16, 16)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)(out, y)
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -10,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lowrank import build_net
+from lowrank.nets.presets import PAPER_SPECS
 
 
 def _params(spec: str, cin: int, cout: int) -> int:
@@ -34,15 +35,16 @@ def _factorizer_count(cin, cout, channels, mlp_ratio, pos_voxels, heads=3):
 
 
 def test_brats_swin_factorizer_5856k():
-    n = _params("swin_factorizer", 4, 3)
+    n = _params(PAPER_SPECS["swin_factorizer_brats"], 4, 3)
     assert n == 5_856_233 == _factorizer_count(4, 3, [32, 64, 128, 256, 512], 2, 8**3)
-    assert _params("local_factorizer", 4, 3) == n
-    assert _params("global_factorizer", 4, 3) == n
+    assert _params("local_factorizer(deep_supervision=3)", 4, 3) == n
+    assert _params("global_factorizer(deep_supervision=3)", 4, 3) == n
+    # the default (no deep supervision) has the level-0 head only
+    assert _params("swin_factorizer", 4, 3) == _factorizer_count(4, 3, [32, 64, 128, 256, 512], 2, 8**3, 1)
 
 
 def test_isles_swin_factorizer_7372k():
-    spec = "swin_factorizer(head_dim=4, patch=4, mlp_ratio=4, pos_embed_size=64)"
-    n = _params(spec, 2, 1)
+    n = _params(PAPER_SPECS["swin_factorizer_isles"], 2, 1)
     assert n == 7_372_515 == _factorizer_count(2, 1, [32, 64, 128, 256, 512], 4, 4**3)
 
 
@@ -62,8 +64,8 @@ def test_resunet_92_2m_dense():
 
 
 def test_unet_and_pre_unet_28m():
-    assert _params("unet", 4, 3) == 28_705_897  # Factorizer paper: U-Net 28.7M
-    assert _params("pre_unet", 4, 3) == 28_881_417  # thesis: Pre-U-Net / Res-U-Net 28.9M
+    assert _params(PAPER_SPECS["unet"], 4, 3) == 28_705_897  # Factorizer paper: U-Net 28.7M
+    assert _params(PAPER_SPECS["pre_unet"], 4, 3) == 28_881_417  # thesis: Pre-U-Net / Res-U-Net 28.9M
 
 
 class _NoAutocastOnMeta:
@@ -88,7 +90,7 @@ def _count_flops(net, x):
 @pytest.fixture(scope="module")
 def brats_flops(request):
     with torch.device("meta"):
-        net = build_net("swin_factorizer", 4, 3).train()  # all 3 heads, as the reference
+        net = build_net(PAPER_SPECS["swin_factorizer_brats"], 4, 3).train()  # all 3 heads, as the reference
         x = torch.empty(1, 4, 128, 128, 128)
         try:
             counter = _count_flops(net, x)

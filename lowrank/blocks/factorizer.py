@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..build import LayerSpec, MatricizeSpec, SolverSpec, build_matricize, build_solver
+from ..matricize.base import Matricize
 from ..registry import register
 from ._fused_mlp import fused_mlp
 from ._layers import ChannelLayerNorm, PointwiseConv, channel_standardize, make_act, make_norm, pointwise
@@ -55,6 +56,24 @@ def _fold_affine(norm: ChannelLayerNorm, proj: PointwiseConv) -> tuple[torch.Ten
     weight = proj.weight * norm.weight.to(proj.weight.dtype)
     bias = (proj.weight * norm.bias.to(proj.weight.dtype)).sum(1)
     return weight, bias if proj.bias is None else bias + proj.bias
+
+
+def _matrix_rows(matricize: nn.Module, channels: int) -> int | None:
+    """The row count M of the matrices a matricizer makes from ``channels`` channels, when it is
+    known at build time: the head dim ``E`` for the views whose rows are channels (``global``,
+    ``local``, ``swin``); ``None`` for the channel view (rows = voxels) and unknown modules."""
+    if not isinstance(matricize, Matricize) or matricize.spatial_factor_index != 1:
+        return None
+    if matricize.head_dim is not None:
+        return matricize.head_dim
+    return channels // matricize.heads if matricize.heads else None
+
+
+def _pass_rows(solver: nn.Module, rows: int | None) -> None:
+    """Size the solver's init tables for ``rows``-row matrices now (see ``Factorization.set_rows``)."""
+    set_rows = getattr(solver, "set_rows", None)
+    if rows is not None and callable(set_rows):
+        set_rows(rows)
 
 
 def _inactive(drop: nn.Dropout) -> bool:
@@ -152,6 +171,7 @@ class Factorizer(nn.Module):
         self.mixer_act = make_act(mixer_act)
         self.matricize = build_matricize(matricize, inner, spatial_dims=spatial_dims)
         self.mixer = build_solver(mixer)
+        _pass_rows(self.mixer, _matrix_rows(self.matricize, inner))
         self.out_proj = PointwiseConv(inner, channels)
         self.drop = nn.Dropout(dropout)
         hidden = round(mlp_ratio * channels)

@@ -88,16 +88,23 @@ class HamApply(nn.Module):
         ham: the built factorization layer ``(*batch, M, N) -> (*batch, M, N)``.
         heads: number of channel groups factorized independently.
         spatial: ``True`` for ``(B·heads, C/heads, N)``, ``False`` for the transpose.
+        channels: ``C``, when known at build time: the spatial view then sizes the ham's init
+            tables (``uniform``, ``online``, ``learned``) for ``C/heads`` rows now.
 
     Shapes:
         ``(B, C, *S) -> (B, C, *S)``.
     """
 
-    def __init__(self, ham: nn.Module, heads: int, spatial: bool):
+    def __init__(self, ham: nn.Module, heads: int, spatial: bool, channels: int | None = None):
         super().__init__()
         self.ham = ham
         self.heads = heads
         self.spatial = spatial
+        # the spatial view's matrices have channels/heads rows, known now: size the ham's init
+        # tables at build (the channel view's rows are voxels, known at the first call only)
+        set_rows = getattr(ham, "set_rows", None)
+        if spatial and channels is not None and callable(set_rows):
+            set_rows(channels // heads)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, spatial={self.spatial}"
@@ -191,12 +198,12 @@ class Hamburger(nn.Module):
         upper_norm = version == "v1" if upper_norm is None else upper_norm
         width = 2 * dim if dual else dim
 
-        hams = [HamApply(build_solver(ham), heads, spatial)]
+        hams = [HamApply(build_solver(ham), heads, spatial, dim)]
         if dual:
             second = build_solver(ham)
             if second is hams[0].ham:  # a built module was passed: give the channel view its own
                 second = copy.deepcopy(second)
-            hams.append(HamApply(second, heads, not spatial))
+            hams.append(HamApply(second, heads, not spatial, dim))
         self.hams = nn.ModuleList(hams)
         if lower_act == "auto":
             lower_act = "relu" if _needs_nonnegative(hams[0].ham) else None

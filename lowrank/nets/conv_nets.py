@@ -1,17 +1,21 @@
 """Convolutional baselines over the U-Net skeleton: U-Net, Res-U-Net, Pre-U-Net.
 
-Defaults are the papers' configurations:
+Defaults are the papers' configurations, except deep supervision (see below):
 
 - ``unet``: the Factorizer paper's / thesis ch. 6 U-Net baseline (nnU-Net-like): 3×3×3 stem,
   ``double_conv`` blocks with GroupNorm (8 channels per group) + LeakyReLU, 2×2×2 strided-conv
   down, 2×2×2 transposed-conv up, widths 32…512, deep supervision at 3 resolutions
-  (28.7M parameters for 4 → 3 channels);
+  (``unet(deep_supervision=3)``: 28.7M parameters for 4 → 3 channels);
 - ``resunet``: thesis ch. 8: no stem, ``residual`` blocks (conv, InstanceNorm, LeakyReLU, 1×1
   shortcut), max-pool down, 3×3×3 transposed-conv up, F = 60 (widths 60…960), one head
   (92.2M parameters for 4 → 4 channels). ``first_level_conv`` keeps level 0 dense when ``conv``
   is low-rank (the thesis's low-rank Res-U-Net);
 - ``pre_unet``: thesis ch. 6: like ``unet`` with ``preact_residual`` blocks
-  (GroupNorm → LeakyReLU → conv, twice, + shortcut) — 28.9M parameters.
+  (GroupNorm → LeakyReLU → conv, twice, + shortcut), deep supervision at 3 resolutions
+  (``pre_unet(deep_supervision=3)``: 28.9M parameters).
+
+Deep supervision is off by default in every net (one tensor out in training, like MONAI's
+nets); the papers' configurations set it in their specs (:data:`lowrank.nets.presets.PAPER_SPECS`).
 
 Every 3×3×3 conv of the blocks (and the stem) is built from ``conv`` (``"dense"`` by default).
 
@@ -30,7 +34,7 @@ from collections.abc import Sequence
 from ..build import ConvSpec, LayerSpec
 from ..registry import register
 from ..spec import Spec
-from .skeleton import UNetSkeleton
+from .skeleton import DEEP_SUPERVISION_RULE, UNetSkeleton
 
 __all__ = ["UNet", "ResUNet", "PreUNet"]
 
@@ -63,14 +67,20 @@ class UNet(UNetSkeleton):
         first_level_conv: conv spec at level 0 instead of ``conv`` (``None``: same).
         norm: MONAI norm spec (GroupNorm with 8 channels per group).
         act: MONAI activation spec (LeakyReLU(0.01)).
-        deep_supervision: heads at the highest resolutions (3 in the paper; 1 = none), at most
-            ``len(channels) - 1`` (clamped).
+        deep_supervision: heads at the highest resolutions: 1 (default) = none, one tensor
+            out; 3 in the paper (``unet(deep_supervision=3)``); at most ``len(channels) - 1``
+            (clamped).
         dropout: dropout inside each block.
         strides: downsampling strides (default 2 per level).
 
     Shapes:
         See :class:`~lowrank.nets.skeleton.UNetSkeleton`.
+
+    Note:
+        {rule}
     """
+
+    __doc__ = __doc__.replace("{rule}", DEEP_SUPERVISION_RULE)
 
     def __init__(
         self,
@@ -83,7 +93,7 @@ class UNet(UNetSkeleton):
         first_level_conv: ConvSpec | None = None,
         norm: LayerSpec = _GROUP8,
         act: LayerSpec = _LEAKY,
-        deep_supervision: int = 3,
+        deep_supervision: int = 1,
         dropout: float = 0.0,
         strides: Sequence[int | Sequence[int]] | None = None,
     ):
@@ -116,13 +126,19 @@ class ResUNet(UNetSkeleton):
             the first level dense: ``first_level_conv=dense``).
         norm: MONAI norm spec (InstanceNorm).
         act: MONAI activation spec (LeakyReLU(0.01)).
-        deep_supervision: heads at the highest resolutions (1 = none, the thesis's).
+        deep_supervision: heads at the highest resolutions: 1 (default, the thesis's) = none,
+            one tensor out; ``k > 1`` a list in training.
         dropout: dropout inside each block.
         strides: max-pooling strides (default 2 per level).
 
     Shapes:
         See :class:`~lowrank.nets.skeleton.UNetSkeleton`.
+
+    Note:
+        {rule}
     """
+
+    __doc__ = __doc__.replace("{rule}", DEEP_SUPERVISION_RULE)
 
     def __init__(
         self,
@@ -157,7 +173,7 @@ class ResUNet(UNetSkeleton):
 
 @register("net", "pre_unet", aliases=("preunet",), test_spec=f"pre_unet({_SMALL})", test_size=8)
 class PreUNet(UNetSkeleton):
-    """Pre-U-Net of thesis ch. 6: pre-activation residual blocks, deep supervision at 3 levels.
+    """Pre-U-Net of thesis ch. 6: pre-activation residual blocks (deep supervision at 3 levels there).
 
     Args:
         in_channels: input channels (2 in the thesis: two FLAIR time points).
@@ -168,13 +184,19 @@ class PreUNet(UNetSkeleton):
         first_level_conv: conv spec at level 0 instead of ``conv``.
         norm: MONAI norm spec (GroupNorm with 8 channels per group).
         act: MONAI activation spec (LeakyReLU(0.01)).
-        deep_supervision: heads at the highest resolutions.
+        deep_supervision: heads at the highest resolutions: 1 (default) = none, one tensor
+            out; 3 in the thesis (``pre_unet(deep_supervision=3)``).
         dropout: dropout inside each block.
         strides: downsampling strides.
 
     Shapes:
         See :class:`~lowrank.nets.skeleton.UNetSkeleton`.
+
+    Note:
+        {rule}
     """
+
+    __doc__ = __doc__.replace("{rule}", DEEP_SUPERVISION_RULE)
 
     def __init__(
         self,
@@ -187,7 +209,7 @@ class PreUNet(UNetSkeleton):
         first_level_conv: ConvSpec | None = None,
         norm: LayerSpec = _GROUP8,
         act: LayerSpec = _LEAKY,
-        deep_supervision: int = 3,
+        deep_supervision: int = 1,
         dropout: float = 0.0,
         strides: Sequence[int | Sequence[int]] | None = None,
     ):

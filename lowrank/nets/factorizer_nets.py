@@ -5,10 +5,13 @@ Architecture (paper §3.2, reference implementation): a 3×3×3 stem conv to ``C
 adapter after each skip concatenation, a learnable position embedding added at the bottleneck
 after downsampling, and 1×1 heads at the 3 highest decoder resolutions (deep supervision).
 
-Defaults are the BraTS configuration (4 → 3 channels: 5,856,233 parameters): widths 32…512,
+Defaults are the BraTS configuration except deep supervision, which is off by default in every
+net (one tensor out in training, like MONAI's nets): the paper's BraTS net is
+``swin_factorizer(deep_supervision=3)`` (4 → 3 channels: 5,856,233 parameters): widths 32…512,
 head dimension 8, patch 8, NMF rank 1 with 5 iterations, MLP ratio 2, position embedding for a
-128³ input. The ISLES configuration is ``head_dim=4, patch=4, mlp_ratio=4, pos_embed_size=64``
-(2 → 1 channels: 7,372,515).
+128³ input. The ISLES configuration is ``head_dim=4, patch=4, mlp_ratio=4, pos_embed_size=64,
+deep_supervision=3`` (2 → 1 channels: 7,372,515). Both are in
+:data:`lowrank.nets.presets.PAPER_SPECS`.
 
 Example:
     >>> import torch
@@ -26,7 +29,7 @@ from collections.abc import Sequence
 from ..build import BlockSpec
 from ..registry import register
 from ..spec import Spec
-from .skeleton import UNetSkeleton
+from .skeleton import DEEP_SUPERVISION_RULE, UNetSkeleton
 
 __all__ = ["SwinFactorizer", "LocalFactorizer", "GlobalFactorizer"]
 
@@ -118,7 +121,8 @@ _ARGS_DOC = """
             them after training.
         update: NMF update rule (``hals`` or ``mu``; identical at rank 1).
         mlp_ratio: MLP width over the block width (2 for BraTS, 4 for ISLES).
-        deep_supervision: heads at the highest resolutions (3), at most ``len(channels) - 1``.
+        deep_supervision: heads at the highest resolutions: 1 (default) = none, one tensor out;
+            3 in the paper; at most ``len(channels) - 1`` (clamped).
         pos_embed_size: the input size the bottleneck position embedding is learned for (128 for
             BraTS, 64 for ISLES; ``None``: no embedding). Other sizes interpolate it.
         dropout: dropout inside every block.
@@ -127,6 +131,9 @@ _ARGS_DOC = """
 
     Shapes:
         See :class:`~lowrank.nets.skeleton.UNetSkeleton`.
+
+    Note:
+        {rule}
 
     Raises:
         ValueError: ``block`` together with non-default factorization keywords, or the
@@ -143,7 +150,7 @@ _PATCH_DOC = "\n        patch: window size ``P`` per axis (an int or one per axi
 class SwinFactorizer(_FactorizerNet):
     __doc__ = (
         "Swin Factorizer: NMF on shifted windows (regular + half-patch-rolled windows, averaged).\n"
-        + _ARGS_DOC.format(patch=_PATCH_DOC + _CYCLIC_DOC)
+        + _ARGS_DOC.format(patch=_PATCH_DOC + _CYCLIC_DOC, rule=DEEP_SUPERVISION_RULE)
     )
     matricizer = "swin"
 
@@ -161,7 +168,7 @@ class SwinFactorizer(_FactorizerNet):
         iters: int = 5,
         update: str = "hals",
         mlp_ratio: float = 2.0,
-        deep_supervision: int = 3,
+        deep_supervision: int = 1,
         pos_embed_size: int | Sequence[int] | None = 128,
         dropout: float = 0.0,
         strides: Sequence[int | Sequence[int]] | None = None,
@@ -177,7 +184,9 @@ class SwinFactorizer(_FactorizerNet):
 
 @register("net", "local_factorizer", test_spec=f"local_factorizer({_SMALL})", test_size=8)
 class LocalFactorizer(_FactorizerNet):
-    __doc__ = "Local Factorizer: NMF on non-overlapping windows.\n" + _ARGS_DOC.format(patch=_PATCH_DOC)
+    __doc__ = "Local Factorizer: NMF on non-overlapping windows.\n" + _ARGS_DOC.format(
+        patch=_PATCH_DOC, rule=DEEP_SUPERVISION_RULE
+    )
     matricizer = "local"
 
     def __init__(
@@ -193,7 +202,7 @@ class LocalFactorizer(_FactorizerNet):
         iters: int = 5,
         update: str = "hals",
         mlp_ratio: float = 2.0,
-        deep_supervision: int = 3,
+        deep_supervision: int = 1,
         pos_embed_size: int | Sequence[int] | None = 128,
         dropout: float = 0.0,
         strides: Sequence[int | Sequence[int]] | None = None,
@@ -215,7 +224,7 @@ class LocalFactorizer(_FactorizerNet):
 )
 class GlobalFactorizer(_FactorizerNet):
     __doc__ = "Global Factorizer: NMF of each head over the whole image (no locality).\n" + _ARGS_DOC.format(
-        patch=""
+        patch="", rule=DEEP_SUPERVISION_RULE
     )
     matricizer = "global"
 
@@ -231,7 +240,7 @@ class GlobalFactorizer(_FactorizerNet):
         iters: int = 5,
         update: str = "hals",
         mlp_ratio: float = 2.0,
-        deep_supervision: int = 3,
+        deep_supervision: int = 1,
         pos_embed_size: int | Sequence[int] | None = 128,
         dropout: float = 0.0,
         strides: Sequence[int | Sequence[int]] | None = None,

@@ -75,6 +75,11 @@ class HamSegNet(nn.Module):
     Shapes:
         ``(B, in_channels, *S) -> (B, out_channels, *S)`` (train and eval).
 
+    Note:
+        No deep supervision: one tensor out in training and in eval, like MONAI's nets (the
+        rule of every net: deep supervision is off unless a ``deep_supervision=k > 1`` opts
+        in; this net has no such option), so a plain MONAI ``DiceCELoss`` works.
+
     Raises:
         ValueError: empty ``channels``, ``head_levels`` out of range, or a group norm whose
             ``num_groups`` does not divide a width.

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from ..build import ConvSpec, LayerSpec
 from ..registry import register
 from .conv_nets import ResUNet
+from .skeleton import DEEP_SUPERVISION_RULE
 
 __all__ = ["LowRankResUNet"]
 
@@ -54,14 +55,20 @@ class LowRankResUNet(ResUNet):
         first_level_conv: conv spec of the level-0 blocks (dense; ``None`` = ``conv`` too).
         norm: MONAI norm spec (InstanceNorm).
         act: MONAI activation spec (LeakyReLU(0.01)).
-        deep_supervision: heads at the highest resolutions (1 = none, the thesis's).
+        deep_supervision: heads at the highest resolutions: 1 (default, the thesis's) = none,
+            one tensor out; ``k > 1`` a list in training.
         dropout: dropout inside each block.
         strides: max-pooling strides (default 2 per level).
 
     Shapes:
         ``(B, C_in, *S) -> (B, C_out, *S)`` (a list, highest resolution first, in training with
         deep supervision); see :class:`~lowrank.nets.skeleton.UNetSkeleton`.
+
+    Note:
+        {rule}
     """
+
+    __doc__ = __doc__.replace("{rule}", DEEP_SUPERVISION_RULE)
 
     def __init__(
         self,

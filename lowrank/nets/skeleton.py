@@ -15,9 +15,13 @@ stage starts with a bias-free 1×1 *adapter* (the reference implementation's). B
 ``conv`` receive the net's ``conv`` spec (``first_level_conv`` at level 0, when given).
 
 Any input size: the input is zero-padded at the end of each axis to a multiple of the total
-stride and the outputs are cropped back. In training with ``deep_supervision > 1`` the forward
-returns a list of logits at their native resolutions (highest first); otherwise one tensor —
-MONAI's ``sliding_window_inference`` and ``DeepSupervisionLoss`` work unchanged.
+stride and the outputs are cropped back.
+
+One output rule for every net (:data:`DEEP_SUPERVISION_RULE`): deep supervision is off by
+default, so the forward returns one tensor in training and in eval, like MONAI's nets (a plain
+``DiceCELoss`` works); ``deep_supervision=k > 1`` opts in: in training the forward then returns
+the list of ``k`` logits at their native resolutions (highest first) that MONAI's
+``DeepSupervisionLoss`` takes, and one tensor in eval (``sliding_window_inference`` works).
 
 Example:
     >>> import torch
@@ -42,7 +46,16 @@ from ..build import BlockSpec, ConvSpec, as_spec, build_block, build_conv
 from ..registry import register
 from ..spec import Spec
 
-__all__ = ["UNetSkeleton", "Stage", "PositionEmbedding"]
+__all__ = ["DEEP_SUPERVISION_RULE", "UNetSkeleton", "Stage", "PositionEmbedding"]
+
+#: The training-mode output rule, quoted in every net's docstring.
+DEEP_SUPERVISION_RULE = (
+    "Deep supervision is off by default: the forward returns one tensor ``(B, out_channels, *S)`` "
+    "in training and in eval, like MONAI's nets, so a plain MONAI ``DiceCELoss`` works. "
+    "``deep_supervision=k > 1`` opts in: in training the forward then returns a list of ``k`` "
+    "logits, highest resolution first (the ``l``-th of size ``ceil(S / stride_l)``), the input "
+    "of MONAI's ``DeepSupervisionLoss``; in eval still one tensor."
+)
 
 
 class PositionEmbedding(nn.Module):
@@ -175,17 +188,23 @@ class UNetSkeleton(nn.Module):
         first_level_conv: conv spec at level 0 (stem and the level-0 stages) instead of ``conv``.
         pos_embed_size: input size the bottleneck position embedding is learned for (``None``:
             no embedding); other sizes interpolate it.
-        deep_supervision: number of heads (1 = no deep supervision).
+        deep_supervision: number of heads: 1 (default) = no deep supervision, one tensor out;
+            ``k > 1``: a list of ``k`` logits in training (see the output rule below).
         adapter_bias: give the 1×1 adapters a bias.
 
     Shapes:
-        ``(B, in_channels, *S) -> (B, out_channels, *S)`` in eval; in training with
+        ``(B, in_channels, *S) -> (B, out_channels, *S)``; in training with
         ``deep_supervision = k > 1`` a list of ``k`` tensors, the ``l``-th of size
         ``ceil(S / stride_l)``, highest resolution first.
+
+    Note:
+        {rule}
 
     Raises:
         ValueError: inconsistent lengths or values, reported at build time.
     """
+
+    __doc__ = __doc__.replace("{rule}", DEEP_SUPERVISION_RULE)
 
     def __init__(
         self,

@@ -26,6 +26,10 @@ class Init(nn.Module):
         """Return the initial left factor ``U0: (*batch, M, rank)``."""
         raise NotImplementedError
 
+    def set_rows(self, rows: int | None) -> None:
+        """Called when the matrices' row count ``M`` is known at build time (by the block that
+        builds the solver): size any state that depends on it now. No-op by default."""
+
     def observe(self, u: Tensor) -> None:
         """Called in training with the final left factor ``U: (*batch, M, R)`` (detached)."""
 

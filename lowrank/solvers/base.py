@@ -50,6 +50,8 @@ A factorization layer maps a batch of matrices ``X: (*batch, M, N)`` to factors
    ``nndsvd``), built with ``lowrank.build.build("init", spec, rank=rank)``, gives
    ``U0: (*batch, M, R)``; families with ``nonnegative = True`` use ``|U0|``. In training the
    init's ``observe(U)`` hook sees the final (detached) U (the online/EMA init uses it).
+   Blocks pass the matrices' row count M down with :meth:`Factorization.set_rows`, so table
+   inits are sized at build time.
 8. ``store_factors``: set ``module.store_factors = True`` and every forward keeps
    ``module.factors = (U (*batch, M, R), V (*batch, N, R))``, detached, in the input's scale
    (``U Vᵀ`` is the output). ``return_factors=True`` makes forward return ``(out, (U, V))``
@@ -215,6 +217,15 @@ class Factorization(nn.Module):
                 f"grad_steps={grad_steps} < iters={iters} no gradient reaches it: use grad_steps=none "
                 "or another init (online, uniform, random)"
             )
+
+    def set_rows(self, rows: int | None) -> None:
+        """Tell the layer the row count ``M`` of the matrices it will see (``None``: unknown).
+
+        Blocks call this right after building the solver, so that inits holding an ``(M, R)``
+        table (``uniform``, ``online``, ``learned``) are sized at build time, not at the first
+        forward (see :mod:`lowrank.solvers.inits`).
+        """
+        self.init.set_rows(rows)
 
     # ----------------------------------------------------------------------------- family hooks
     def initial_state(self, x: Tensor, u0: Tensor, mask: Tensor | None, eps: float) -> State:

@@ -1,18 +1,28 @@
 """Initializations of the left factor ``U0: (*batch, M, R)`` (kind ``init``).
 
-``uniform``, ``online`` and ``learned`` hold an ``(M, R)`` table. ``M`` (the rows of the
-matrices, e.g. the head dim) is not known when a solver is built from a spec, so the table is
-registered in ``__init__`` empty and drawn on the first call (or at construction when ``dim``
-is given). Loading a state dict into a fresh module sizes the table from the state dict. For
-``learned``, create the optimizer after the first forward (or give ``dim``), as with any lazy
-module. All random numbers come from :func:`~lowrank.solvers.base.hash_uniform` (seeded,
+``uniform``, ``online`` and ``learned`` hold an ``(M, R)`` table, sized when the module is
+built: the blocks know the matrices' row count ``M`` (a head dim, ``dim/heads``) and pass it
+down through the solver (:meth:`~lowrank.solvers.base.Factorization.set_rows`), so the table
+exists after construction — an optimizer made before the first forward trains a ``learned``
+table, DDP and ``AveragedModel`` see every parameter and buffer, and ``torch.compile`` traces
+once. ``dim=M`` sizes it the same way for a solver built on its own.
+
+Only where ``M`` cannot be known at build time (a solver built without ``dim`` and used on
+its own, a channel-view matricizer whose rows are voxels, a float compression-ratio rank
+resolved from ``(M, N)`` at run time) the table is lazy, with PyTorch's ``LazyModuleMixin``
+protocol: an uninitialized parameter or buffer sized on the first call by
+``initialize_parameters``. As with any lazy module, run one forward before creating an
+optimizer or wrapping the model (DDP says so), or load a state dict (it sizes the table).
+All random numbers come from :func:`~lowrank.solvers.base.hash_uniform` (seeded,
 counter-based, on the input's device): the global RNG is never touched.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 
 from ..registry import register
 from .base import Init, hash_uniform
@@ -20,41 +30,83 @@ from .base import Init, hash_uniform
 __all__ = ["LearnedInit", "NNDSVDInit", "OnlineInit", "RandomInit", "SVDInit", "UniformInit"]
 
 
-class _TableInit(Init):
-    """An ``(M, R)`` table, drawn U(0, 1) from ``seed`` at construction or on the first call."""
+class _LazyBuffer(UninitializedBuffer):
+    """An uninitialized buffer that can be deep-copied (as ``UninitializedParameter`` can)."""
+
+    def __deepcopy__(self, memo: dict) -> _LazyBuffer:
+        if id(self) not in memo:
+            copy = type(self)(requires_grad=self.requires_grad, device=self.device, dtype=self.dtype)
+            memo[id(self)] = copy
+        return memo[id(self)]
+
+
+def _int_rank(rank: int | float | None) -> int | None:
+    """The rank if it is a plain int (a float compression ratio is resolved at run time)."""
+    return rank if isinstance(rank, int) and not isinstance(rank, bool) else None
+
+
+class _TableInit(LazyModuleMixin, Init):
+    """An ``(M, R)`` table drawn U(0, 1) from ``seed``, sized at build when ``M`` and ``R`` are known.
+
+    Sized in ``__init__`` (``dim`` given) or by :meth:`set_rows` (the block that builds the
+    solver); otherwise lazy (``initialize_parameters`` sizes it on the first call).
+    """
 
     _is_parameter = False
+    cls_to_become = None
 
     def __init__(self, *, rank: int | float | None = None, dim: int | None = None, seed: int = 0):
         super().__init__()
-        if dim is not None and dim < 1:
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
             raise ValueError(f"dim must be >= 1 (the rows M of the matrices) or none, got {dim}")
         self.seed = seed
         self.dim = dim
-        table = torch.empty(0, 0)
-        if dim is not None and isinstance(rank, int) and not isinstance(rank, bool):
-            table = self._draw(dim, rank, table.device, table.dtype)
+        self.rank = _int_rank(rank)
         if self._is_parameter:
-            self.weight = nn.Parameter(table)
+            self.weight = UninitializedParameter()
         else:
-            self.register_buffer("weight", table)
-        self._register_load_state_dict_pre_hook(self._resize_on_load)
+            self.register_buffer("weight", _LazyBuffer())
+        self.set_rows(dim)
 
     def _draw(self, m: int, r: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         return hash_uniform((m, r), seed=self.seed, device=device, dtype=dtype)
 
-    def _resize_on_load(self, state_dict, prefix, *args, **kwargs) -> None:
-        incoming = state_dict.get(prefix + "weight")
-        if incoming is not None and incoming.shape != self.weight.shape and self.weight.numel() == 0:
-            table = torch.empty(incoming.shape, dtype=self.weight.dtype, device=self.weight.device)
-            self.weight = nn.Parameter(table) if self._is_parameter else table
+    def _materialize(self, m: int, r: int, device: torch.device, dtype: torch.dtype) -> None:
+        with torch.no_grad():
+            self.weight.materialize((m, r), device=device, dtype=dtype)
+            self.weight.copy_(self._draw(m, r, device, dtype))
+
+    def set_rows(self, rows: int | None) -> None:
+        """Size the table for matrices of ``rows`` rows now (no-op if ``rows`` or the rank is unknown).
+
+        Raises:
+            ValueError: the table is already sized for another height.
+        """
+        if rows is None or self.rank is None:
+            return
+        if not is_lazy(self.weight):
+            if self.weight.shape[0] != rows:
+                raise ValueError(
+                    f"{type(self).__name__} holds a table for M={self.weight.shape[0]} rows, not {rows}: "
+                    "a table init serves one matrix height; build a new solver for another one"
+                )
+            return
+        self._materialize(rows, self.rank, self.weight.device, torch.get_default_dtype())
+        # sized: the lazy protocol's hooks are not needed any more (a plain module from now on)
+        for hook in ("_initialize_hook", "_load_hook"):
+            if hasattr(self, hook):
+                getattr(self, hook).remove()
+                delattr(self, hook)
+
+    def initialize_parameters(self, x: Tensor, rank: int) -> None:
+        """The lazy protocol: size the table from the first call's ``x: (*batch, M, N)``."""
+        if is_lazy(self.weight):
+            dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+            self._materialize(x.shape[-2], rank, x.device, dtype)
 
     def table(self, x: Tensor, rank: int) -> Tensor:
-        """The ``(M, R)`` table for ``x``, drawn on the first call."""
+        """The ``(M, R)`` table for ``x``."""
         m = x.shape[-2]
-        if self.weight.numel() == 0:
-            drawn = self._draw(m, rank, x.device, x.dtype if x.dtype == torch.float64 else torch.float32)
-            self.weight = nn.Parameter(drawn) if self._is_parameter else drawn
         rows, cols = self.weight.shape
         if rows != m or cols < rank:
             raise ValueError(
@@ -75,8 +127,9 @@ class UniformInit(_TableInit):
 
     Args:
         rank: the solver's rank (context).
-        dim: the rows M of the matrices; when given with an int rank the buffer is drawn at
-            construction, otherwise on the first call.
+        dim: the rows M of the matrices, for a solver built on its own (blocks pass M down
+            themselves); with an int rank the buffer is drawn at construction, else on the first
+            call (lazy).
         seed: the seed of the draw (deterministic; the global RNG is not used).
     """
 
@@ -90,8 +143,9 @@ class LearnedInit(_TableInit):
 
     Args:
         rank: the solver's rank (context).
-        dim: the rows M; when given with an int rank the parameter exists at construction (so an
-            optimizer can be created before the first forward).
+        dim: the rows M, for a solver built on its own (blocks pass M down themselves); with
+            an int rank the parameter exists at construction, else it is lazy (see the module
+            docstring).
         seed: the seed of the starting values.
     """
 
@@ -128,7 +182,7 @@ class OnlineInit(_TableInit):
     @torch.no_grad()
     def observe(self, u: Tensor) -> None:
         """Blend the batch mean of the unit-normalized columns of ``u: (*batch, M, R)`` in."""
-        if self.weight.numel() == 0 or self.weight.shape[1] != u.shape[-1]:
+        if is_lazy(self.weight) or self.weight.shape[1] != u.shape[-1]:
             return
         mean = _unit_columns(u).reshape(-1, *u.shape[-2:]).mean(0).to(self.weight.dtype)
         self.weight.mul_(self.momentum).add_(mean, alpha=1.0 - self.momentum)
