@@ -17,9 +17,7 @@ sys.path.insert(0, str(BENCH))
 import gpu_check  # noqa: E402
 
 #: parity rows known to fail today, with the reason (the test fails on any other row)
-KNOWN = {
-    ("ham_nmf(rank=4)", "triton"): "HamNMF's soft-assignment start_v is not used on the triton path",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def test_smoke_run_reports_every_section(tmp_path):

@@ -146,7 +146,10 @@ def test_reference_iterations_equal_the_general_loop(update):
     torch.testing.assert_close(got.reshape(x.shape), want, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("spec", ["nmf(rank=1)", "nmf(rank=3, update=hals)", "nmf(rank=3, update=mu)"])
+@pytest.mark.parametrize(
+    "spec",
+    ["nmf(rank=1)", "nmf(rank=3, update=hals)", "nmf(rank=3, update=mu)", "ham_nmf(rank=3, update=hals, init=seeded)"],
+)
 @pytest.mark.parametrize("grad_steps", ["none", "1"])
 def test_layer_cpu_equals_layer_reference(spec, grad_steps):
     """The whole layer, with masks and a grad_steps tail, on the two CPU-runnable backends."""

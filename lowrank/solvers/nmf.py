@@ -134,7 +134,11 @@ class NMF(Factorization):
 
     def _kernel(self, x: Tensor, rank: int) -> str:
         """The kernel backend of a rank >= 2 call (``reference``: the general loop)."""
-        return kernels.nmf_backend(x, rank, self._rule() if self._fused_hals and rank >= 2 else None)
+        # the kernels start V from the update's constant: a subclass with its own start (HamNMF's
+        # soft assignment) runs the general loop at rank >= 2
+        own_start = type(self).start_v is NMF.start_v
+        fused = self._fused_hals and own_start and rank >= 2
+        return kernels.nmf_backend(x, rank, self._rule() if fused else None)
 
     def _kernel_loop(
         self, x: Tensor, rank: int, iters: int, eps: float, start: State | None, need_out: bool
