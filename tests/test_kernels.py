@@ -148,7 +148,12 @@ def test_reference_iterations_equal_the_general_loop(update):
 
 @pytest.mark.parametrize(
     "spec",
-    ["nmf(rank=1)", "nmf(rank=3, update=hals)", "nmf(rank=3, update=mu)", "ham_nmf(rank=3, update=hals, init=seeded)"],
+    [
+        "nmf(rank=1)",
+        "nmf(rank=3, update=hals)",
+        "nmf(rank=3, update=mu)",
+        "ham_nmf(rank=3, update=hals, init=seeded)",
+    ],
 )
 @pytest.mark.parametrize("grad_steps", ["none", "1"])
 def test_layer_cpu_equals_layer_reference(spec, grad_steps):
