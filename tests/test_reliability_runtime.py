@@ -120,13 +120,14 @@ _HALF = [i for i in ENTRY if i.kind != "conv" or i.name == "dense"]
     pattern=st.sampled_from(["huge", "mixed", "signed", "tiny"]),
     autocast=st.booleans(),
 )
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_half_precision_extremes_give_finite_outputs(index, dtype, pattern, autocast):
     """Inputs at the documented extremes (docs/guides/errors.rst): |x| up to 1e18 in bf16 and
-    to 6e4 in fp16, mixed with tiny values: the output is finite."""
+    1e3 in fp16 (a convolution's sums of larger inputs exceed fp16's 6.5e4), mixed with tiny
+    values: the output is finite."""
     info = _HALF[index]
     module, x = _part(info)
-    big = 1e18 if dtype == torch.bfloat16 else 6e4
+    big = 1e18 if dtype == torch.bfloat16 else 1e3
     tiny = 1e-30 if dtype == torch.bfloat16 else 1e-6
     unit = x / x.abs().max()
     select = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) > 0.5
