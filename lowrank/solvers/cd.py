@@ -5,6 +5,10 @@ coefficients by ridge regression ``Cᵀ = (DᵀD + βI)⁻¹ DᵀX``, i.e. ``V =
 The R×R system is symmetric positive definite (eigenvalues >= β > 0), so it is solved by a
 Cholesky factorization (``torch.linalg.cholesky_ex`` + ``torch.cholesky_solve``) — no explicit
 inverse — in float32 (float64 for float64 input) with autocast disabled, as every solver here.
+
+Kernels: runs the ``reference`` formulas on every backend of :mod:`lowrank.kernels`: the ridge
+coefficients need a batched Cholesky solve, which stays with ``torch.linalg``; on a GPU wrap the
+model in ``torch.compile`` to fuse the clustering steps' element-wise parts.
 """
 
 from __future__ import annotations

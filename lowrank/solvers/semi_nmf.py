@@ -1,4 +1,10 @@
-"""Semi-NMF layer ``semi_nmf``: signed X and U, non-negative V (Ding, Li & Jordan 2010)."""
+"""Semi-NMF layer ``semi_nmf``: signed X and U, non-negative V (Ding, Li & Jordan 2010).
+
+Kernels: runs the ``reference`` formulas on every backend of :mod:`lowrank.kernels` (no ``cpu`` /
+``triton`` kernel): its U step is an unconstrained HALS sweep or a ridge least-squares solve (an R×R
+Cholesky per matrix, kept in ``torch.linalg``), which the Triton NMF kernels do not cover yet; on a
+GPU wrap the model in ``torch.compile`` to fuse the element-wise parts.
+"""
 
 from __future__ import annotations
 

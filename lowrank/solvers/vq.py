@@ -15,6 +15,10 @@ CD, computed from the final D; the output is ``D Cᵀ = U Vᵀ``.
 Gradient modes (:mod:`lowrank.solvers.base`): with ``grad_steps=k`` the differentiated graph
 is the last ``k`` steps (each ``assign`` + ``means`` from the detached incoming D), the output
 coefficients and ``U Vᵀ``; ``grad_steps=1`` is Hamburger's one-step gradient.
+
+Kernels: runs the ``reference`` formulas on every backend of :mod:`lowrank.kernels`: each step is a
+cosine similarity, a softmax and a weighted mean (two batched matmuls and element-wise ops), which
+``torch.compile`` fuses well; a one-program Triton kernel is not written yet.
 """
 
 from __future__ import annotations

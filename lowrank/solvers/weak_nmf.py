@@ -1,4 +1,9 @@
-"""Weakly non-negative factorization layer ``weak_nmf`` (Kobayashi & Watanabe)."""
+"""Weakly non-negative factorization layer ``weak_nmf`` (Kobayashi & Watanabe).
+
+Kernels: runs the ``reference`` formulas (the general loop with :func:`hals_columns`) on every
+backend of :mod:`lowrank.kernels`: the leaky projection and the L2 weight would need their own
+variant of the Triton HALS kernel (not written yet); on a GPU wrap the model in ``torch.compile``.
+"""
 
 from __future__ import annotations
 
