@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import build_net
+from ..data.loader import patch_loader
 from ..spec import SpecError
 from . import distributed as D
 from .checkpoint import (
@@ -35,7 +36,6 @@ from .checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from ..data.loader import patch_loader
 from .config import RESUMABLE, TrainConfig, default_lr, load_split
 from .infer import autocast_context, mean_metric, segmentation_metrics, sliding_window_predict
 from .report import data_text, validation_text, write_text_atomic
