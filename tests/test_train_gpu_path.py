@@ -20,16 +20,26 @@ TINY = "unet(channels=[4, 8], deep_supervision=1)"
 FAST = {"patch": (16, 16, 16), "batch": 1, "quiet": True, "overlap": 0.0, "sw_batch": 8, "report": False}
 
 
+#: ops whose output size depends on the data: on a GPU each waits for the device
+DATA_DEPENDENT = {"nonzero", "masked_select", "unique_dim", "_unique2", "unique_consecutive"}
+
+
 class SyncCounter(TorchDispatchMode):
-    """Counts ``aten._local_scalar_dense``: every ``.item()``/``float()``/``bool()`` of a tensor
-    (on a GPU each is a host sync that waits for every queued kernel)."""
+    """Counts host syncs a GPU would make: ``aten._local_scalar_dense`` (every ``.item()``,
+    ``float()``, ``bool()`` of a tensor), ops with data-dependent output shapes, and boolean-mask
+    indexing."""
 
     def __init__(self):
         super().__init__()
         self.syncs = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
+        name = func.overloadpacket.__name__
+        if func is torch.ops.aten._local_scalar_dense.default or name in DATA_DEPENDENT:
+            self.syncs += 1
+        elif name == "index" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else [])
+        ):
             self.syncs += 1
         return func(*args, **(kwargs or {}))
 

@@ -64,8 +64,9 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         compile: ``torch.compile`` the net for training (the first steps compile it).
         workers: ``DataLoader`` worker processes that sample the patches ahead of the steps
-            (pinned memory on CUDA); 0: sampled in the training process. ``None``: 4 on CUDA,
-            0 on a CPU (where the workers would compete with the step for the same cores). The
+            (pinned memory on CUDA); 0: sampled in the training process. ``None``: on CUDA up
+            to 4 per process (fewer than its share of the cores), on a CPU 0 (the workers
+            would compete with the step for the same cores). The
             batches are the same for any value (each is a pure function of seed and step).
         log_every: read the loss back from the device (progress bar, non-finite check) every
             this many steps; the steps in between never wait for the device.
