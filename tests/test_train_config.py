@@ -29,7 +29,7 @@ def test_every_field_is_a_flag_with_its_docstring_help():
         assert flags[name].help.startswith(helps[name][:20])
     assert "--val-every" in flags["val_every"].option_strings
     assert "--no-report" in flags["report"].option_strings  # booleans: --x / --no-x
-    assert flags["amp"].choices == ["bf16", "fp16", "none"] and flags["dims"].choices == [2, 3]
+    assert flags["amp"].choices == ["auto", "bf16", "fp16", "none"] and flags["dims"].choices == [2, 3]
 
 
 def test_flags_override_the_config_file(tmp_path):
@@ -53,7 +53,7 @@ def test_flags_override_the_config_file(tmp_path):
     [
         ("stesp: 3", "unknown option 'stesp'; did you mean 'steps'"),
         ("steps: abc", "steps: expected int, got 'abc'"),
-        ("amp: fp8", "amp: 'fp8' is not one of bf16, fp16, none"),
+        ("amp: fp8", "amp: 'fp8' is not one of auto, bf16, fp16, none"),
         ("report: 1", "report: expected true/false"),
         ("- steps", "expected a mapping of options"),
         ("steps: [1", "not valid YAML"),

@@ -14,6 +14,7 @@ from .datasets import (
     load_dataset,
     resample,
 )
+from .loader import StepBatches, patch_loader
 from .sampler import PatchSampler
 from .transforms import train_transform
 from .volumes import (
@@ -41,6 +42,8 @@ __all__ = [
     "DEFAULT_HOLDOUT",
     "TEMPLATE_FILE",
     "PatchSampler",
+    "StepBatches",
+    "patch_loader",
     "Volume",
     "find_cases",
     "load_cases",

@@ -27,9 +27,12 @@ __all__ = ["CD", "ridge_coefficients"]
 def ridge_coefficients(x: Tensor, d: Tensor, beta: float) -> Tensor:
     """Ridge coefficients ``V = Xᵀ D (DᵀD + βI)⁻¹``: ``(*batch, N, R)``.
 
-    Solves ``(DᵀD + βI) Vᵀ = DᵀX`` by Cholesky (differentiable; ``β > 0`` keeps it positive
-    definite). If the factorization fails numerically (non-finite input), falls back to
-    ``torch.linalg.solve``.
+    Solves ``(DᵀD + βI) Vᵀ = DᵀX`` by Cholesky (differentiable). Without any host sync (no
+    data-dependent Python branch, so a GPU never waits for it and ``torch.compile`` sees one
+    graph): the ridge is raised on the device to at least ``R·eps·max diag(DᵀD)`` (below that,
+    rounding can make the matrix indefinite; unit-norm concepts and β = 0.1 are far above it, so
+    the formula is unchanged there), and a matrix whose factorization still fails (non-finite
+    input) gives NaN coefficients, never a silently wrong finite result.
 
     Args:
         x: ``(*batch, M, N)``.
@@ -37,12 +40,14 @@ def ridge_coefficients(x: Tensor, d: Tensor, beta: float) -> Tensor:
         beta: the ridge weight ``β > 0``.
     """
     r = d.shape[-1]
-    gram = d.mT @ d + beta * torch.eye(r, dtype=d.dtype, device=d.device)
+    dtd = d.mT @ d
+    floor = dtd.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True) * (r * torch.finfo(d.dtype).eps)
+    ridge = floor.clamp(min=beta)  # (*batch, 1): β, or the rounding floor when β is below it
+    gram = dtd + torch.diag_embed(ridge.expand(*ridge.shape[:-1], r))
     rhs = d.mT @ x  # (*batch, R, N)
     chol, info = torch.linalg.cholesky_ex(gram)
-    if torch.compiler.is_compiling() or not bool((info != 0).any()):
-        return torch.cholesky_solve(rhs, chol).mT
-    return torch.linalg.solve(gram, rhs).mT
+    v = torch.cholesky_solve(rhs, chol).mT
+    return torch.where((info == 0)[..., None, None], v, torch.full_like(v[..., :1, :1], float("nan")))
 
 
 @register("solver", "cd", aliases=("concept",), test_spec="cd(rank=2, iters=2)")

@@ -191,7 +191,7 @@ def _retain_memory(args: argparse.Namespace, device: str | None) -> None:
         return
     import torch
 
-    if device == "cuda" or (device is None and torch.cuda.is_available()):
+    if device == "cuda" or (device in (None, "auto") and torch.cuda.is_available()):
         return
     from ..runtime import reexec_with_allocator_env
 
@@ -246,7 +246,12 @@ def add_commands(subparsers) -> None:
         "-i", "--input", nargs="+", default=None, help="folder(s) or files of cases (one output per case)"
     )
     p.add_argument("-o", "--output", required=True, help="output .nii.gz (one case) or output folder (-i)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the net runs (default auto: CUDA when available, else the CPU)",
+    )
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     p.add_argument("--sw-batch", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (fp16: CUDA only)")

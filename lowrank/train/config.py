@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from ..data import DEFAULT_HOLDOUT, Volume, load_dataset, load_template, split_cases, split_slab
 
 __all__ = [
@@ -57,8 +59,17 @@ class TrainConfig:
         batch: patches per step and per process.
         patch: patch size (``dims`` values).
         dims: 3 (volumes) or 2 (axial slices).
-        amp: mixed precision: ``"bf16"``, ``"fp16"`` (CUDA only) or ``None``/``"none"``.
+        amp: mixed precision: ``"auto"`` (bf16 on CUDA, none on a CPU), ``"bf16"``, ``"fp16"``
+            (CUDA only) or ``"none"``.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        compile: ``torch.compile`` the net for training (the first steps compile it).
+        workers: ``DataLoader`` worker processes that sample the patches ahead of the steps
+            (pinned memory on CUDA); 0: sampled in the training process. ``None``: on CUDA up
+            to 4 per process (fewer than its share of the cores), on a CPU 0 (the workers
+            would compete with the step for the same cores). The
+            batches are the same for any value (each is a pure function of seed and step).
+        log_every: read the loss back from the device (progress bar, non-finite check) every
+            this many steps; the steps in between never wait for the device.
         threads: intra-op CPU threads per process (``torch.set_num_threads``, for this run
             only). 1 by default: the small nets of a CPU run are made of many small ops, and
             on a 2-core CPU a second OpenMP thread gains little on an idle machine (the
@@ -99,8 +110,11 @@ class TrainConfig:
     batch: int = 2
     patch: tuple[int, ...] = (24, 24, 24)
     dims: Literal[2, 3] = 3
-    amp: Literal["bf16", "fp16", "none"] | None = None
+    amp: Literal["auto", "bf16", "fp16", "none"] | None = "auto"
     device: Literal["cpu", "cuda"] | None = None
+    compile: bool = False
+    workers: int | None = None
+    log_every: int = 10
     threads: int | None = 1
     out: str = "runs/default"
     resume: bool = False
@@ -163,8 +177,14 @@ class TrainConfig:
         self.threads = self.threads or None
         if self.amp in ("none", "fp32"):
             self.amp = None
-        if self.amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"--amp {self.amp!r}: use bf16, fp16 or none")
+        if self.amp not in (None, "auto", "bf16", "fp16"):
+            raise ValueError(f"--amp {self.amp!r}: use auto, bf16, fp16 or none")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(
+                f"--workers must be >= 0 (0: sample in the training process), got {self.workers}"
+            )
+        if self.log_every < 1:
+            raise ValueError(f"--log-every must be >= 1, got {self.log_every}")
 
     @property
     def val_interval(self) -> int:
@@ -174,13 +194,18 @@ class TrainConfig:
     def ckpt_interval(self) -> int:
         return self.ckpt_every or self.val_interval
 
-    def resolved(self, lr: float, spacing) -> TrainConfig:
-        """These options as a run uses them: the peak lr, absolute paths, the voxel size."""
+    def resolved(self, lr: float, spacing, device: torch.device | None = None) -> TrainConfig:
+        """These options as a run uses them: the peak lr, absolute paths, the voxel size, and
+        ``amp="auto"`` as on ``device`` (bf16 on CUDA, else none)."""
         from dataclasses import replace
 
+        from .infer import resolve_amp
+
+        amp = resolve_amp(self.amp, torch.device("cpu" if device is None else device))
         return replace(
             self,
             lr=lr,
+            amp=amp,
             data=None if self.data is None else str(Path(self.data).resolve()),
             out=str(Path(self.out).resolve()),
             spacing=tuple(spacing) if self.data is not None or self.spacing is not None else None,
@@ -205,6 +230,9 @@ RESUMABLE = frozenset(
         "lr",
         "device",
         "threads",
+        "compile",
+        "workers",
+        "log_every",
         "out",
         "resume",
         "val_every",

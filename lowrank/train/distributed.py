@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup", "teardown", "barrier", "all_reduce_mean", "broadcast_object"]
+__all__ = [
+    "DistInfo",
+    "setup",
+    "teardown",
+    "barrier",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "broadcast_object",
+]
 
 
 @dataclass(frozen=True)
@@ -79,13 +87,27 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(value: float, device: torch.device) -> float:
-    """The mean of a Python number over the ranks (the number itself in a single process)."""
+def all_reduce_mean(value: float | torch.Tensor, device: torch.device) -> float | torch.Tensor:
+    """The mean over the ranks of a Python number, or of a tensor (element-wise, on its device
+    and without a host sync); the value itself in a single process."""
     if not (dist.is_available() and dist.is_initialized()):
-        return float(value)
+        return value if isinstance(value, torch.Tensor) else float(value)
+    if isinstance(value, torch.Tensor):
+        t = value.detach().clone()
+        dist.all_reduce(t)
+        return t / dist.get_world_size()
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of a tensor over the ranks (the tensor itself in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = value.detach().clone()
+    dist.all_reduce(t)
+    return t
 
 
 def broadcast_object(obj, src: int = 0):

@@ -22,22 +22,32 @@ from torch import nn
 
 __all__ = [
     "autocast_context",
+    "resolve_amp",
     "sliding_window_predict",
     "segmentation_metrics",
     "mean_metric",
 ]
 
 
+def resolve_amp(amp: str | None, device: torch.device) -> str | None:
+    """``--amp`` as used on ``device``: ``"auto"`` is bf16 on CUDA and none elsewhere."""
+    if amp == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else None
+    return None if amp in (None, "none", "fp32") else amp
+
+
 def autocast_context(amp: str | None, device: torch.device):
-    """The autocast context for ``--amp`` (``None``/``"none"``: a no-op context).
+    """The autocast context for ``--amp`` (``None``/``"none"``: a no-op context; ``"auto"``:
+    bf16 on CUDA, a no-op elsewhere).
 
     Raises:
         ValueError: fp16 requested on a CPU, or an unknown value.
     """
-    if amp in (None, "none", "fp32"):
+    amp = resolve_amp(amp, device)
+    if amp is None:
         return contextlib.nullcontext()
     if amp not in ("bf16", "fp16"):
-        raise ValueError(f"--amp {amp!r}: use bf16, fp16 or none")
+        raise ValueError(f"--amp {amp!r}: use auto, bf16, fp16 or none")
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("--amp fp16 needs --device cuda; on a CPU use --amp bf16")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import build_net
+from ..data.loader import patch_loader
 from ..spec import SpecError
 from . import distributed as D
 from .checkpoint import (
@@ -112,31 +113,65 @@ def forward_backward(
     labels: torch.Tensor,
     amp: str | None = None,
     scaler: torch.amp.GradScaler | None = None,
-) -> float:
-    """One forward and backward pass (the loss in fp32 outside autocast); returns the loss."""
+) -> torch.Tensor:
+    """One forward and backward pass (the loss in fp32 outside autocast).
+
+    Returns:
+        The detached loss, a 0-d tensor on the device: nothing here waits for the device (the
+        loop reads the losses back every ``--log-every`` steps and checks them there).
+    """
     with autocast_context(amp, images.device):
         out = model(images)
     out = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
     loss = loss_fn(out, labels.float())
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the loss is {loss.item()}: lower --lr or try without --amp")
     (scaler.scale(loss) if scaler is not None else loss).backward()
-    return float(loss.detach())
+    return loss.detach()
 
 
-def validate(model: nn.Module, volumes, cfg: TrainConfig, classes, device) -> dict[str, dict[str, float]]:
-    """Per-class Dice/HD95 averaged over the validation volumes (sliding-window inference)."""
-    results = []
+def validate(
+    model: nn.Module, volumes, cfg: TrainConfig, classes, device, info: D.DistInfo | None = None
+) -> dict[str, dict[str, float]]:
+    """Per-class Dice/HD95 averaged over the validation volumes (sliding-window inference).
+
+    In a distributed run (``info``) every rank validates its share of the volumes (``rank``,
+    ``rank + W``, …) and the sums are all-reduced, so no rank waits in a collective while
+    another one validates alone (which could outlast the NCCL timeout); every rank returns the
+    same means.
+    """
+    ranks = info.world_size if info is not None and info.enabled else 1
+    rank = info.rank if ranks > 1 else 0
+    names = list(classes[1:])
+    sums = torch.zeros(len(names), 2, dtype=torch.float64)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        for vol in volumes:
+        for vol in volumes[rank::ranks]:
             image = torch.from_numpy(np.ascontiguousarray(vol.image)).to(device)
             probs = sliding_window_predict(
                 model, image, cfg.patch, overlap=cfg.overlap, sw_batch_size=cfg.sw_batch, amp=cfg.amp
             )
             pred = probs.argmax(0).cpu().numpy()
-            results.append(segmentation_metrics(pred, vol.label[0], classes, vol.spacing))
-    return {c: {k: float(np.mean([r[c][k] for r in results])) for k in ("dice", "hd95")} for c in results[0]}
+            result = segmentation_metrics(pred, vol.label[0], classes, vol.spacing)
+            sums += torch.tensor([[result[c]["dice"], result[c]["hd95"]] for c in names], dtype=torch.float64)
+    if ranks > 1:
+        sums = D.all_reduce_sum(sums.to(device)).cpu()
+    means = (sums / len(volumes)).tolist()
+    return {c: {"dice": m[0], "hd95": m[1]} for c, m in zip(names, means, strict=True)}
+
+
+def _read_losses(pending: list[torch.Tensor], first_step: int, device: torch.device) -> list[float]:
+    """The losses of the steps since the last read, mean over the ranks: one host sync (and one
+    collective) for ``--log-every`` steps.
+
+    Raises:
+        FloatingPointError: a non-finite loss (naming its step).
+    """
+    values = D.all_reduce_mean(torch.stack(pending).double(), device).tolist()
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"the loss is {value} at step {first_step + i + 1}: lower --lr or try without --amp"
+            )
+    return values
 
 
 def _build(cfg: TrainConfig, in_channels: int, out_channels: int) -> nn.Module:
@@ -191,11 +226,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         SpecError, TypeError, ValueError: a bad spec or option (before any file is written).
         CheckpointError: ``--resume`` with a missing, corrupt or mismatching checkpoint.
     """
-    threads = torch.get_num_threads()
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     try:
         return _train(cfg)
     finally:
         torch.set_num_threads(threads)  # --threads applies to this run only
+        torch.backends.cudnn.benchmark = benchmark  # and so does cuDNN's autotuner
 
 
 def _train(cfg: TrainConfig) -> dict[str, Any]:
@@ -206,6 +242,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     elif device.type == "cpu" and info.enabled and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune each conv once
     split = load_split(
         cfg.data,
         cfg.holdout,
@@ -243,12 +281,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     lr = cfg.lr if cfg.lr is not None else default_lr(n_params)
     optimizer = make_optimizer(params, lr, cfg.weight_decay, device)
     scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup)
+    # what this run uses (config.json and the checkpoint): resolved lr, paths, spacing and amp
+    cfg = cfg.resolved(lr, spacing, device)
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
     autocast_context(cfg.amp, device)  # validates --amp against the device before training
     history: dict[str, Any] = {"step": [], "loss": [], "lr": [], "val": []}
     start, elapsed_before, cpu_before = 0, 0.0, 0.0
-    # what this run uses (config.json and the checkpoint): resolved lr, paths and spacing
-    cfg = cfg.resolved(lr, spacing)
     state = _resume_state(cfg, ckpt_path, net)
     if state is not None:
         try:
@@ -277,6 +315,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:
+        ddp = torch.compile(ddp)  # the training forward; validation and checkpoints use `model`
     loss_fn = make_loss()
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -293,9 +333,23 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     )
     t0, c0, ema = time.perf_counter(), time.process_time(), None
     cuda = [device] if device.type == "cuda" else []
-    for step in range(start, cfg.steps):
-        images, labels = sampler.batch(step, cfg.batch, rank=info.rank, world_size=info.world_size)
-        images, labels = images.to(device), labels.to(device)
+    workers = cfg.workers
+    if workers is None:  # CPU: the step needs the cores (see TrainConfig.workers)
+        workers = min(4, max(1, (os.cpu_count() or 1) // info.world_size - 1)) if cuda else 0
+    loader = patch_loader(
+        sampler,
+        start=start,
+        steps=cfg.steps,
+        batch_size=cfg.batch,
+        rank=info.rank,
+        world_size=info.world_size,
+        workers=workers,
+        pin_memory=bool(cuda),
+    )
+    pending: list[torch.Tensor] = []  # losses on the device, read back every --log-every steps
+    for step, (images, labels) in zip(range(start, cfg.steps), loader, strict=True):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         ddp.train()
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(step_seed(cfg.seed, step, info.rank))
@@ -311,18 +365,21 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             else:
                 optimizer.step()
             scheduler.step()
-        loss = D.all_reduce_mean(loss, device)
-        ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+        pending.append(loss)
         history["step"].append(step + 1)
-        history["loss"].append(loss)
         history["lr"].append(optimizer.param_groups[0]["lr"])
         done = step + 1
-        postfix = f"loss {ema:.3f}"
-        if done % cfg.val_interval == 0 or done == cfg.steps:
-            if info.is_main:
-                metrics = validate(model, split.val, cfg, split.classes, device)
-                history["val"].append({"step": done, "metrics": metrics})
-            D.barrier()
+        validating = done % cfg.val_interval == 0 or done == cfg.steps
+        saving = done % cfg.ckpt_interval == 0 or done == cfg.steps
+        if done % cfg.log_every == 0 or validating or saving:  # the only host syncs of the loop
+            for value in _read_losses(pending, done - len(pending), device):
+                ema = value if ema is None else 0.9 * ema + 0.1 * value
+                history["loss"].append(value)
+            pending.clear()
+        postfix = f"loss {ema:.3f}" if ema is not None else ""
+        if validating:  # every rank validates its share (no rank idles in a collective)
+            metrics = validate(model, split.val, cfg, split.classes, device, info)
+            history["val"].append({"step": done, "metrics": metrics})
         if history["val"]:
             last = history["val"][-1]["metrics"]
             postfix += " dice " + "/".join(f"{m['dice']:.2f}" for m in last.values())
@@ -330,7 +387,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         bar.update(1)
         history["elapsed"] = elapsed_before + time.perf_counter() - t0
         history["cpu"] = cpu_before + time.process_time() - c0
-        if (done % cfg.ckpt_interval == 0 or done == cfg.steps) and info.is_main:
+        if saving and info.is_main:
             save_checkpoint(
                 ckpt_path,
                 {
@@ -351,6 +408,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 },
             )
     bar.close()
+    if not history["val"]:  # a resumed run that had already finished (every rank validates)
+        metrics = validate(model, split.val, cfg, split.classes, device, info)
+        history["val"].append({"step": cfg.steps, "metrics": metrics})
     result = _finish(cfg, model, split, history, n_params, device, info, out)
     D.barrier()
     return result
@@ -360,10 +420,6 @@ def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> di
     """metrics.json, figures and the summary (rank 0)."""
     if not info.is_main:
         return {}
-    if not history["val"]:  # a resumed run that had already finished
-        history["val"].append(
-            {"step": cfg.steps, "metrics": validate(model, split.val, cfg, split.classes, device)}
-        )
     final = history["val"][-1]["metrics"]
     elapsed = float(history.get("elapsed", 0.0))
     metrics = {

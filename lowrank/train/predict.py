@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, load_checkpoint, net_info
 from .evaluate import evaluate_files
 from .infer import autocast_context, sliding_window_predict
 
-__all__ = ["load_model", "predict_array", "predict_file", "predict_cases", "evaluate_files"]
+__all__ = ["pick_device", "load_model", "predict_array", "predict_file", "predict_cases", "evaluate_files"]
 
 #: a net trained on images with at least this fraction of zero (background) voxels …
 _STRIPPED = 0.2
@@ -37,10 +37,25 @@ _STRIPPED = 0.2
 _MIN_ZERO = 0.01
 
 
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or ``None``): CUDA when torch sees a GPU, else the CPU; other values as given.
+
+    Raises:
+        ValueError: ``cuda`` asked without a visible GPU.
+    """
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device
+
+
 def load_model(
-    checkpoint: str | Path, device: str | torch.device = "cpu"
+    checkpoint: str | Path, device: str | torch.device = "auto"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the net of a checkpoint from its spec and load its weights (eval mode).
+    """Rebuild the net of a checkpoint from its spec and load its weights (eval mode) on
+    ``device`` (``"auto"``: CUDA when available).
 
     Returns:
         ``(model, net info)`` with ``in_channels``, ``out_channels``, ``spatial_dims``,
@@ -64,7 +79,7 @@ def load_model(
             f"{checkpoint}: the weights do not fit the net {state['spec']!r} (a checkpoint of another "
             f"spec or version?): {str(err).splitlines()[0][:300]}"
         ) from None
-    return model.to(device).eval(), info
+    return model.to(pick_device(device)).eval(), info
 
 
 def predict_array(
@@ -244,7 +259,7 @@ def predict_cases(
     inputs: Sequence[str | Path] | None = None,
     images: Sequence[str | Path] | None = None,
     output: str | Path,
-    device: str = "cpu",
+    device: str = "auto",
     overlap: float = 0.5,
     sw_batch_size: int = 4,
     amp: str | None = None,
@@ -275,9 +290,8 @@ def predict_cases(
         raise ValueError(
             f"{checkpoint} is an image: the checkpoint comes first (lowrank predict CKPT IMAGE -o OUT)"
         )
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
-    autocast_context(amp, torch.device(device))  # --amp fp16 needs CUDA: refused before any work
+    device = pick_device(device)  # "auto": CUDA when available
+    autocast_context(amp, device)  # --amp fp16 needs CUDA: refused before any work
     output = Path(output)
     folder = bool(inputs)
     _check_output_path(output, folder)
@@ -319,7 +333,7 @@ def predict_cases(
 
 
 def predict_file(
-    checkpoint, images, out, *, device: str = "cpu", overlap: float = 0.5, amp: str | None = None
+    checkpoint, images, out, *, device: str = "auto", overlap: float = 0.5, amp: str | None = None
 ) -> np.ndarray:
     """Segment one case (NIfTI file(s), one per channel) and write the label map with the input's affine.
 
