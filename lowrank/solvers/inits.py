@@ -72,6 +72,14 @@ class _TableInit(LazyModuleMixin, Init):
         return hash_uniform((m, r), seed=self.seed, device=device, dtype=dtype)
 
     def _materialize(self, m: int, r: int, device: torch.device, dtype: torch.dtype) -> None:
+        if torch.device(device) != self.weight.device:
+            if self._is_parameter:  # as PyTorch's lazy modules: parameters stay where the module is
+                raise RuntimeError(
+                    f"{type(self).__name__}: the solver is on {self.weight.device} but its first input "
+                    f"is on {device}; move the model first (model.to({str(device)!r}))"
+                )
+            # a buffer follows the first input (as the table did before it was sized at build)
+            self._buffers["weight"] = _LazyBuffer(device=device, dtype=dtype)
         with torch.no_grad():
             self.weight.materialize((m, r), device=device, dtype=dtype)
             self.weight.copy_(self._draw(m, r, device, dtype))
