@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
             raise
     else:
         add_commands(sub)
+    from .export import add_export_command  # `lowrank export` (lowrank/export.py)
+
+    add_export_command(sub)
     return parser
 
 

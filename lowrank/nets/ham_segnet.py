@@ -25,6 +25,7 @@ from torch import nn
 
 from ..blocks.ham_head import HamHead, resize_to
 from ..build import BlockSpec, LayerSpec
+from ..export import script_error
 from ..registry import register
 
 __all__ = ["HamSegNet"]
@@ -148,8 +149,14 @@ class HamSegNet(nn.Module):
             dropout=dropout,
         )
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` hook: not supported, one clear error (use torch.export / ONNX)."""
+        raise script_error(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment ``x: (B, in_channels, *S)``; returns logits ``(B, out_channels, *S)``."""
+        if torch.jit.is_tracing():
+            raise script_error(self, traced=True)
         features = []
         h = x
         for stage in self.stages:

@@ -43,6 +43,7 @@ from torch import nn
 
 from ..blocks._layers import MAXPOOLS, TRANSPOSED_CONVS, PointwiseConv, accepts, as_tuple, pointwise
 from ..build import BlockSpec, ConvSpec, as_spec, build_block, build_conv
+from ..export import script_error
 from ..registry import register
 from ..spec import Spec
 
@@ -342,6 +343,10 @@ class UNetSkeleton(nn.Module):
         head_levels = range(deep_supervision) if levels > 1 else [0]
         self.heads = nn.ModuleList(_HEADS[spatial_dims](channels[lv], out_channels, 1) for lv in head_levels)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` hook: not supported, one clear error (use torch.export / ONNX)."""
+        raise script_error(self)
+
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         size = tuple(x.shape[2:])
         if len(size) != self.spatial_dims:
@@ -363,6 +368,8 @@ class UNetSkeleton(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Segment ``x: (B, in_channels, *S)``; see the class docstring for the output."""
+        if torch.jit.is_tracing():
+            raise script_error(self, traced=True)
         x, size = self._pad(x)
         h = self.stem(x) if self.stem is not None else x
         levels = self.levels

@@ -368,10 +368,12 @@ class Factorization(nn.Module):
         """
         self._check(x, mask)
         iters, dtype, eps, rank = self._settings(x)
-        # autocast off (the factorization runs in `dtype`); the meta device has no autocast
+        # autocast off (the factorization runs in `dtype`); the meta device has no autocast, and
+        # no context when autocast is off already (a torch.export program then has no autocast
+        # region, which torch.export.load cannot read back)
         off = (
             contextlib.nullcontext()
-            if x.device.type == "meta"
+            if x.device.type == "meta" or not torch.is_autocast_enabled(x.device.type)
             else torch.autocast(x.device.type, enabled=False)
         )
         with off:

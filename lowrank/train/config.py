@@ -103,6 +103,10 @@ class TrainConfig:
         sw_batch: windows per forward pass at validation.
         report: write the PNG figures at the end.
         quiet: no progress bar or summary.
+        robust_augment: add the scanner-variation augmentation of
+            :mod:`lowrank.data.augment` (bias field, gamma, histogram shift, noise, smoothing,
+            low resolution, small rotations and scalings) to the training patches (opt-in: see
+            that module for what it measured).
     """
 
     spec: str = DEFAULT_SPEC
@@ -136,6 +140,7 @@ class TrainConfig:
     sw_batch: int = 4
     report: bool = True
     quiet: bool = False
+    robust_augment: bool = False
 
     def __post_init__(self):
         if self.dims not in (2, 3):

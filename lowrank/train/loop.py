@@ -262,6 +262,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     from ..data import PatchSampler
 
     sampler = PatchSampler(split.train, cfg.patch, seed=cfg.seed)
+    if cfg.robust_augment:  # scanner variations (lowrank/data/augment.py)
+        from ..data.augment import add_robust_augmentation
+
+        add_robust_augmentation(sampler)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     spacing = list(split.full.spacing)
