@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from .spec import NAME_RE
+from .spec_values import spec_from_call
+
 __all__ = [
     "KINDS",
     "PartInfo",
@@ -167,8 +170,6 @@ def _record_spec(cls: type) -> None:
         original_init(self, *args, **kwargs)
         if type(self) is not cls and getattr(type(self), "_lowrank_part", None) is not None:
             return  # a registered subclass records its own spec
-        from .build import spec_from_call
-
         bound = signature.bind(self, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.pop(next(iter(signature.parameters)))  # self
@@ -228,8 +229,6 @@ def register(
     Raises:
         ValueError: unknown kind, a malformed name, or a name/alias already taken.
     """
-    from .spec import NAME_RE
-
     _check_kind(kind)
 
     def decorator(obj: Any) -> Any:
@@ -264,18 +263,6 @@ def register(
     return decorator
 
 
-def _load_builtin_parts() -> None:
-    """Import the subpackages whose modules register the built-in parts."""
-    import importlib
-
-    for sub in ("solvers", "matricize", "blocks", "convs", "nets"):
-        try:
-            importlib.import_module(f"lowrank.{sub}")
-        except ModuleNotFoundError as err:  # a subpackage not written yet
-            if err.name != f"lowrank.{sub}":
-                raise
-
-
 def list_parts(kind: str | None = None, pattern: str = "*") -> list[str]:
     """Names of the registered parts, sorted.
 
@@ -286,7 +273,6 @@ def list_parts(kind: str | None = None, pattern: str = "*") -> list[str]:
     Returns:
         Sorted names (``"kind:name"`` when ``kind`` is None).
     """
-    _load_builtin_parts()
     if kind is None:
         return sorted(f"{k}:{n}" for k in KINDS for n in _REGISTRY[k] if fnmatch.fnmatch(n, pattern))
     _check_kind(kind)
@@ -307,7 +293,6 @@ def get_part_info(kind: str, name: str) -> PartInfo:
         ValueError: unknown kind or name, with the close matches and the valid names.
     """
     _check_kind(kind)
-    _load_builtin_parts()
     table = _REGISTRY[kind]
     name = _ALIASES[kind].get(name, name)
     if name not in table:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..data import DEFAULT_HOLDOUT, Volume, load_dataset, load_template, split_cases, split_slab
+from ..spec_values import spec_text
 
 __all__ = [
     "DEFAULT_SPEC",
@@ -190,8 +191,6 @@ class TrainConfig:
         """The options as JSON (a valid ``--config`` file; tuples as lists)."""
         data = asdict(self)
         if not isinstance(self.spec, str):
-            from .loop import spec_text
-
             data["spec"] = spec_text(self.spec)
         return json.dumps(data, indent=2, sort_keys=True)
 
