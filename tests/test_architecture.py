@@ -7,6 +7,9 @@ is how a cycle stays unnoticed), with relative imports resolved against the impo
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import lowrank
@@ -122,3 +125,51 @@ def test_the_graph_sees_function_level_and_relative_imports():
 def test_no_import_cycles_among_lowrank_modules():
     cycles = find_cycles(_without_package_edges(import_graph()))
     assert not cycles, "import cycles among lowrank modules:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def _registered_classes() -> list[tuple[str, str, type]]:
+    out = []
+    for entry in lowrank.list_parts():
+        kind, name = entry.split(":")
+        obj = lowrank.registry.get_part_info(kind, name).obj
+        if isinstance(obj, type):
+            out.append((kind, name, obj))
+    return out
+
+
+def test_every_registered_part_class_is_importable_from_its_subpackage():
+    classes = _registered_classes()
+    assert len(classes) > 20
+    for kind, name, cls in classes:
+        subpackage = ".".join(cls.__module__.split(".")[:2])
+        package = importlib.import_module(subpackage)
+        assert getattr(package, cls.__name__, None) is cls, (
+            f"{kind} {name}: from {subpackage} import {cls.__name__}"
+        )
+        assert cls.__name__ in package.__all__
+
+
+def test_subpackage_imports_users_write():
+    from lowrank.blocks import Factorizer, Hamburger  # noqa: F401
+    from lowrank.convs import CPConv, DenseConv  # noqa: F401
+    from lowrank.matricize import SwinMatricize  # noqa: F401
+    from lowrank.nets import SwinFactorizer
+    from lowrank.solvers import NMF
+
+    assert SwinFactorizer is lowrank.registry.get_part_info("net", "swin_factorizer").obj
+    assert NMF is lowrank.registry.get_part_info("solver", "nmf").obj
+
+
+def test_importing_lowrank_leaves_torch_global_state_unchanged():
+    """No FLOP formulas registered into torch at import (lowrank.flops scopes them)."""
+    script = (
+        "import torch, torch.utils.flop_counter as fc\n"
+        "before = set(fc.flop_registry)\n"
+        "import lowrank, lowrank.flops\n"
+        "assert set(fc.flop_registry) == before, set(fc.flop_registry) ^ before\n"
+        "with lowrank.flops.count_flops():\n"
+        "    assert torch.ops.aten.baddbmm_ in fc.flop_registry\n"
+        "assert set(fc.flop_registry) == before\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
