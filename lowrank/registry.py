@@ -182,11 +182,11 @@ def _record_spec(cls: type) -> None:
     cls.__init__ = __init__
     if (
         issubclass(cls, torch.nn.Module)
-        and cls._lowrank_part.kind in _CHECKED
+        and cls._lowrank_part.kind in _CHECKED  # type: ignore[attr-defined]
         and not getattr(cls.forward, "_lowrank_checked", False)
         and cls.forward is not torch.nn.Module.forward
     ):
-        cls.forward = _checked_forward(cls.forward, cls._lowrank_part)
+        cls.forward = _checked_forward(cls.forward, cls._lowrank_part)  # type: ignore[attr-defined]
     if issubclass(cls, torch.nn.Module) and not getattr(cls.extra_repr, "_lowrank_spec_repr", False):
         original_extra_repr = cls.extra_repr  # (a registered base's wrapper is inherited as is)
 
@@ -256,7 +256,7 @@ def register(
         for alias in aliases:
             _ALIASES[kind][alias] = part_name
         if isinstance(obj, type):
-            obj._lowrank_part = info
+            obj._lowrank_part = info  # type: ignore[attr-defined]
             _record_spec(obj)
         return obj
 
