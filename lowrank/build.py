@@ -30,6 +30,7 @@ from .hints import (
     LayerSpec,
     MatricizeSpec,
     MonaiLayer,
+    MonaiLayerSpec,
     NetSpec,
     PartOf,
     SolverSpec,
@@ -43,6 +44,7 @@ from .validate import accepted_arguments, located, signature_of, validate
 __all__ = [
     "PartOf",
     "MonaiLayer",
+    "MonaiLayerSpec",
     "SolverSpec",
     "UpdateSpec",
     "InitSpec",

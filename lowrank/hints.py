@@ -34,6 +34,7 @@ __all__ = [
     "LayerSpec",
     "MatricizeSpec",
     "MonaiLayer",
+    "MonaiLayerSpec",
     "NetSpec",
     "PARAMETER_RANGES",
     "PartOf",
@@ -61,7 +62,20 @@ class PartOf:
 
 
 class MonaiLayer:
-    """Type-hint marker: a MONAI layer name, ``str | (name, {kwargs})`` (norm, act, ...)."""
+    """Type-hint marker: a norm/act/dropout layer name, ``str | (name, {kwargs})``.
+
+    Args:
+        extensions: whether lowrank's additions to MONAI's names are accepted (``"layer"`` as
+            :class:`~lowrank.norm_act.ChannelLayerNorm`, ``group(group_size=...)``): ``True`` for
+            parts that build their layers with :mod:`lowrank.norm_act`, ``False`` for parts that
+            hand the spec to a MONAI network (:data:`MonaiLayerSpec`).
+    """
+
+    def __init__(self, extensions: bool = True):
+        self.extensions = extensions
+
+    def __repr__(self) -> str:
+        return "MonaiLayer()" if self.extensions else "MonaiLayer(extensions=False)"
 
 
 def _numbers(value: Any) -> list[int | float]:
@@ -189,6 +203,8 @@ BlockSpec = Annotated[_SpecLike, PartOf("block")]
 ConvSpec = Annotated[_SpecLike, PartOf("conv")]
 NetSpec = Annotated[_SpecLike, PartOf("net")]
 LayerSpec = Annotated[Union[str, tuple, None], MonaiLayer()]
+#: A norm/act that a MONAI network builds itself: MONAI's names only (no ``layer``, no ``group_size``)
+MonaiLayerSpec = Annotated[Union[str, tuple, None], MonaiLayer(extensions=False)]
 
 #: A denominator guard: ``eps > 0``.
 Eps = Annotated[float, Range(gt=0)]

@@ -27,7 +27,7 @@ from .hints import (
     range_of,
     strip_annotated,
 )
-from .norm_act import layer_class, layer_names
+from .norm_act import LAYER_NORM_NAMES, layer_class, layer_names
 from .registry import did_you_mean, get_part_info
 from .spec import MAX_DEPTH, Spec, SpecError, SpecKeywordError, spec_depth
 from .spec_values import KIND_CONTEXT, as_spec
@@ -216,6 +216,14 @@ def coerce(value: Any, annotation: Any) -> Any:
                 from .registry import did_you_mean
 
                 raise HintMismatch(f"a MONAI norm/act/dropout name;{did_you_mean(name.lower(), known)}")
+            extension = name.lower() in LAYER_NORM_NAMES or (
+                isinstance(value, tuple) and len(value) > 1 and "group_size" in dict(value[1])
+            )
+            if extension and not marker.extensions:
+                raise HintMismatch(
+                    "a norm MONAI builds (this part hands it to a MONAI network: 'layer' and "
+                    "group_size are lowrank's; use batch, instance or group(num_groups=...))"
+                )
             if isinstance(value, tuple) and len(value) > 1:
                 if not isinstance(value[1], Mapping):
                     raise HintMismatch("a layer name or (name, {kwargs})")

@@ -27,14 +27,7 @@ __all__ = [
     "make_act",
     "accepts",
     "as_tuple",
-    "CONVS",
-    "TRANSPOSED_CONVS",
-    "MAXPOOLS",
 ]
-
-CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-TRANSPOSED_CONVS = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-MAXPOOLS = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
 def as_tuple(value: int | Sequence[int], n: int, what: str = "value") -> tuple[int, ...]:
