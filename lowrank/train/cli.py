@@ -7,7 +7,7 @@ is itself a valid ``--config``.
 
 Examples::
 
-    lowrank train                                   # the default Swin Factorizer, 41 s on a 2-core CPU
+    lowrank train                                   # the default Swin Factorizer on the bundled data
     lowrank train --spec "unet(channels=[8, 16, 32, 64])" --steps 300 --out runs/unet
     lowrank train --config run.yaml --fold 0       # a Decathlon / nnU-Net dataset, fold 0 of 5
     lowrank train --resume --out runs/default       # continue after an interruption
