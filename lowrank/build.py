@@ -17,6 +17,7 @@ Which registry a nested name is looked up in is decided by the parameter's decla
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ from .hints import (
 )
 from .registry import get_part_info
 from .spec import Spec, SpecError
-from .spec_values import KIND_CONTEXT, as_spec, spec_from_call, to_spec_value
+from .spec_values import KIND_CONTEXT, as_spec, spec_as_written, spec_from_call, to_spec_value
 from .validate import accepted_arguments, located, signature_of, validate
 
 __all__ = [
@@ -130,8 +131,11 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
                 "key",
             )
     unset = {k: v for k, v in context.items() if k not in checked.kwargs}
+    written = Spec(info.name, {k: to_spec_value(v) for k, v in merged.kwargs.items() if k not in context})
+    recording = spec_as_written(info.obj, written) if isinstance(info.obj, type) else contextlib.nullcontext()
     try:
-        part = info.obj(**_passable(info.obj, unset), **checked.kwargs)
+        with recording:
+            part = info.obj(**_passable(info.obj, unset), **checked.kwargs)
     except SpecError as err:
         own = checked.where.text if checked.where is not None else None
         if err.text is None or own is None or err.text == own:
@@ -142,9 +146,9 @@ def build(kind: str, spec: Any, **arguments: Any) -> Any:
     except (ValueError, TypeError, OverflowError, MemoryError, RuntimeError) as err:
         # the constructor's own checks (or an allocation a value made impossible), located
         raise located(checked, info.name, err) from err
-    if isinstance(part, nn.Module):  # the spec as written, with overrides, less the caller's context
-        written = {k: to_spec_value(v) for k, v in merged.kwargs.items() if k not in context}
-        object.__setattr__(part, "spec", Spec(info.name, written))
+    if isinstance(part, nn.Module) and not isinstance(info.obj, type):
+        # a registered class recorded its spec when constructed; a factory's module gets it here
+        object.__setattr__(part, "spec", written)
     return part
 
 

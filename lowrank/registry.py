@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .spec import NAME_RE
-from .spec_values import spec_from_call
+from .spec_values import spec_from_call, taken_spec
 
 __all__ = [
     "KINDS",
@@ -170,6 +170,10 @@ def _record_spec(cls: type) -> None:
         original_init(self, *args, **kwargs)
         if type(self) is not cls and getattr(type(self), "_lowrank_part", None) is not None:
             return  # a registered subclass records its own spec
+        written = taken_spec(cls)  # built from a spec: the spec as the user wrote it
+        if written is not None:
+            object.__setattr__(self, "spec", written)
+            return
         bound = signature.bind(self, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.pop(next(iter(signature.parameters)))  # self

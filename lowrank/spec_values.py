@@ -7,7 +7,9 @@ each registered module's spec when it is constructed, and by the builder.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -15,7 +17,15 @@ from torch import nn
 
 from .spec import NAME_RE, Spec, SpecError, parse_spec
 
-__all__ = ["KIND_CONTEXT", "as_spec", "spec_from_call", "spec_text", "to_spec_value"]
+__all__ = [
+    "KIND_CONTEXT",
+    "as_spec",
+    "spec_as_written",
+    "spec_from_call",
+    "spec_text",
+    "taken_spec",
+    "to_spec_value",
+]
 
 
 #: Per kind, the arguments the *caller* supplies (a block's channels, a net's in/out
@@ -125,3 +135,29 @@ def spec_text(spec: Any) -> str:
     if callable(parsed) and not hasattr(parsed, "kwargs"):
         return f"<{getattr(parsed, '__module__', '')}.{getattr(parsed, '__qualname__', parsed)}>"
     return str(parsed)
+
+
+#: the spec the builder is constructing, as the user wrote it: ``(class, spec)`` or None
+_AS_WRITTEN: contextvars.ContextVar[tuple[type, Spec] | None] = contextvars.ContextVar(
+    "lowrank_spec_as_written", default=None
+)
+
+
+@contextlib.contextmanager
+def spec_as_written(cls: type, spec: Spec) -> Iterator[None]:
+    """While the builder constructs ``cls``, the instance records ``spec`` (the spec as written,
+    with overrides, less the caller's context) instead of its constructor arguments."""
+    token = _AS_WRITTEN.set((cls, spec))
+    try:
+        yield
+    finally:
+        _AS_WRITTEN.reset(token)
+
+
+def taken_spec(cls: type) -> Spec | None:
+    """The spec :func:`spec_as_written` holds for ``cls`` (taken once), else None."""
+    pending = _AS_WRITTEN.get()
+    if pending is None or pending[0] is not cls:
+        return None
+    _AS_WRITTEN.set(None)
+    return pending[1]
