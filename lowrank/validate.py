@@ -32,7 +32,8 @@ from .registry import did_you_mean, get_part_info
 from .spec import MAX_DEPTH, Spec, SpecError, SpecKeywordError, spec_depth
 from .spec_values import KIND_CONTEXT, as_spec
 
-__all__ = ["accepted_arguments", "coerce", "located", "signature_of", "validate"]
+# signature_of, accepted_arguments and located are the builder's helpers (importable, not documented)
+__all__ = ["coerce", "validate"]
 
 
 def _what(value: Any) -> str:
