@@ -42,6 +42,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from lowrank.flops import inplace_flop_formulas
+
 __all__ = ["SDPABlock", "build_model", "main"]
 
 DEFAULT_HAM = "ham_nmf(rank=64, iters=6, eval_iters=7, grad_steps=1)"
@@ -114,7 +116,7 @@ def _macs(name: str, ham: str, size: int, channels: int) -> float:
     with torch.device(device):
         model = build_model(name, ham, channels)
         x = torch.randn(1, channels, size, size, requires_grad=True)
-    with _FlopCount() as counter:
+    with inplace_flop_formulas(), _FlopCount() as counter:
         model(x).sum().backward()
     return counter.flops / 2
 

@@ -8,6 +8,8 @@ Example:
     torch.Size([2, 32, 12, 12, 12])
 """
 
+# the subpackages register the built-in parts when imported
+from . import blocks, convs, matricize, nets, solvers  # noqa: F401
 from .build import (
     build,
     build_block,

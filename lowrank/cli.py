@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from .registry import KINDS, get_part_info, list_parts
 from .spec import SpecError
+from .export import add_export_command
+from .train.cli import add_commands as add_train_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -140,15 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_show.add_argument("--train", action="store_true", help="run in training mode")
     p_show.set_defaults(func=_cmd_show)
 
-    try:
-        from .train.cli import add_commands
-    except ImportError as err:
-        if "lowrank.train" not in str(err):
-            raise
-    else:
-        add_commands(sub)
-    from .export import add_export_command  # `lowrank export` (lowrank/export.py)
-
+    add_train_commands(sub)
     add_export_command(sub)
     return parser
 

@@ -48,6 +48,7 @@ __all__ = [
     "stage_names",
     "skip_mixers",
     "component_maps",
+    "factorizer_blocks",
 ]
 
 
@@ -176,13 +177,18 @@ def skip_mixers(model: nn.Module, stages: Iterable[int | str] | None) -> list[st
     return skipped
 
 
-def _component_blocks(model: nn.Module, blocks: Sequence[str] | None) -> dict[str, nn.Module]:
-    found = {
+def factorizer_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """``{qualified name: block}`` of the blocks with components (``matricize`` and ``mixer``)."""
+    return {
         name: m
         for name, m in model.named_modules()
         if isinstance(getattr(m, "matricize", None), nn.Module)
         and isinstance(getattr(m, "mixer", None), nn.Module)
     }
+
+
+def _component_blocks(model: nn.Module, blocks: Sequence[str] | None) -> dict[str, nn.Module]:
+    found = factorizer_blocks(model)
     if blocks is None:
         return found
     missing = [b for b in blocks if b not in found]

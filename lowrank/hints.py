@@ -15,12 +15,11 @@ int64, ...), so the names keep one meaning across all parts; an explicit ``Range
 
 from __future__ import annotations
 
-import inspect
 import math
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 from torch import nn
 
@@ -35,6 +34,7 @@ __all__ = [
     "LayerSpec",
     "MatricizeSpec",
     "MonaiLayer",
+    "MonaiLayerSpec",
     "NetSpec",
     "PARAMETER_RANGES",
     "PartOf",
@@ -45,8 +45,9 @@ __all__ = [
     "SolverSpec",
     "Temperature",
     "UpdateSpec",
-    "coerce",
+    "describe_hint",
     "range_of",
+    "strip_annotated",
 ]
 
 
@@ -61,7 +62,20 @@ class PartOf:
 
 
 class MonaiLayer:
-    """Type-hint marker: a MONAI layer name, ``str | (name, {kwargs})`` (norm, act, ...)."""
+    """Type-hint marker: a norm/act/dropout layer name, ``str | (name, {kwargs})``.
+
+    Args:
+        extensions: whether lowrank's additions to MONAI's names are accepted (``"layer"`` as
+            :class:`~lowrank.norm_act.ChannelLayerNorm`, ``group(group_size=...)``): ``True`` for
+            parts that build their layers with :mod:`lowrank.norm_act`, ``False`` for parts that
+            hand the spec to a MONAI network (:data:`MonaiLayerSpec`).
+    """
+
+    def __init__(self, extensions: bool = True):
+        self.extensions = extensions
+
+    def __repr__(self) -> str:
+        return "MonaiLayer()" if self.extensions else "MonaiLayer(extensions=False)"
 
 
 def _numbers(value: Any) -> list[int | float]:
@@ -189,6 +203,8 @@ BlockSpec = Annotated[_SpecLike, PartOf("block")]
 ConvSpec = Annotated[_SpecLike, PartOf("conv")]
 NetSpec = Annotated[_SpecLike, PartOf("net")]
 LayerSpec = Annotated[Union[str, tuple, None], MonaiLayer()]
+#: A norm/act that a MONAI network builds itself: MONAI's names only (no ``layer``, no ``group_size``)
+MonaiLayerSpec = Annotated[Union[str, tuple, None], MonaiLayer(extensions=False)]
 
 #: A denominator guard: ``eps > 0``.
 Eps = Annotated[float, Range(gt=0)]
@@ -210,204 +226,18 @@ class RangeMismatch(HintMismatch):
     """A number outside a :class:`Range` (the message is the range in words)."""
 
 
-def _monai_layer_names() -> list[str]:
-    """Lower-case names of MONAI's norm, activation and dropout factories."""
-    from monai.networks.layers.factories import Act, Dropout, Norm
-
-    return sorted(n.lower() for factory in (Norm, Act, Dropout) for n in factory.names)
-
-
-def _describe(annotation: Any) -> str:
+def describe_hint(annotation: Any) -> str:
     if typing.get_origin(annotation) is Annotated:
         base, *meta = typing.get_args(annotation)
         ranges = [m.describe() for m in meta if isinstance(m, Range)]
-        return _describe(base) + "".join(f" {r}" for r in ranges)
+        return describe_hint(base) + "".join(f" {r}" for r in ranges)
     if typing.get_origin(annotation) is None and hasattr(annotation, "__name__"):
         return annotation.__name__
     return repr(annotation).replace("typing.", "").replace("collections.abc.", "")
 
 
-def _strip_annotated(annotation: Any) -> tuple[Any, list]:
+def strip_annotated(annotation: Any) -> tuple[Any, list]:
     if typing.get_origin(annotation) is Annotated:
         base, *meta = typing.get_args(annotation)
         return base, meta
     return annotation, []
-
-
-def _layer_class(name: str) -> tuple[Callable | None, tuple[str, ...]]:
-    """The class a MONAI norm/act/dropout name builds, and the arguments its caller supplies."""
-    from monai.networks.layers.factories import Act, Dropout, Norm
-
-    lname = name.lower()
-    if lname in ("layer", "layernorm", "channel_layer"):
-        from .blocks._layers import ChannelLayerNorm
-
-        return ChannelLayerNorm, ("channels",)
-    for factory, caller in (
-        (Norm, ("num_features", "normalized_shape", "num_channels")),
-        (Dropout, ()),
-        (Act, ()),
-    ):
-        if lname in (n.lower() for n in factory.names):
-            try:
-                cls = factory[lname, 1] if factory is not Act else factory[lname]
-            except Exception:  # a factory that needs an optional dependency: names only
-                return None, ()
-            return cls, caller
-    return None, ()
-
-
-def _check_layer_kwargs(name: str, kwargs: Mapping[str, Any], spec: Spec | None) -> None:
-    """Check a MONAI layer's keyword arguments against its class and :data:`PARAMETER_RANGES`.
-
-    Raises:
-        SpecError: when ``spec`` (the layer as written in a spec text) locates the problem.
-        HintMismatch: otherwise.
-    """
-    cls, caller = _layer_class(name)
-    accepted: list[str] = []
-    var_kw = True
-    if cls is not None:
-        try:
-            params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
-        except (TypeError, ValueError):
-            params = {}
-        var_kw = not params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        accepted = [n for n in params if n not in ("self", *caller)]
-        if name.lower() in ("group", "groupnorm"):
-            accepted.append("group_size")  # lowrank's extension: channels per group
-    for key, item in kwargs.items():
-        if not var_kw and key not in accepted:
-            from .registry import did_you_mean
-
-            message = (
-                f"{name}() has no keyword {key!r};{did_you_mean(key, accepted)} "
-                f"accepted: {', '.join(accepted) or '(none)'}"
-            )
-            if spec is not None and spec.where is not None:
-                from .spec import SpecKeywordError
-
-                raise spec.error(message, key, "key", SpecKeywordError)
-            raise HintMismatch(f"a layer without the keyword {key!r} ({message})")
-        bounds = PARAMETER_RANGES.get(key)
-        if bounds is not None:
-            try:
-                bounds.check(item)
-            except HintMismatch as err:
-                if spec is not None and spec.where is not None:
-                    raise spec.error(
-                        f"{name}({key}=...): {key} must be {err}, got {item!r}", key, "value"
-                    ) from None
-                raise HintMismatch(f"{name}({key}=...) with {key} {err}") from None
-
-
-def coerce(value: Any, annotation: Any) -> Any:
-    """Check ``value`` against ``annotation`` and convert grammar values to what it expects."""
-    if annotation is inspect.Parameter.empty or annotation is Any:
-        return value
-    base, meta = _strip_annotated(annotation)
-    for marker in meta:
-        if isinstance(marker, PartOf):
-            if value is None:
-                return None
-            from .build import as_spec, validate
-
-            normalized = as_spec(value) if not isinstance(value, bool) else value
-            if isinstance(normalized, Spec):
-                return validate(marker.kind, normalized)
-            if isinstance(normalized, nn.Module) or callable(normalized):
-                return normalized
-            raise HintMismatch(f"a {marker.kind} spec")
-        if isinstance(marker, MonaiLayer):
-            written = value if isinstance(value, Spec) else None
-            if isinstance(value, Spec):
-                value = (value.name, dict(value.kwargs)) if value.kwargs else value.name
-            if value is None:
-                return None
-            name = value if isinstance(value, str) else value[0] if isinstance(value, tuple) else None
-            if not isinstance(name, str):
-                raise HintMismatch("a layer name or (name, {kwargs})")
-            known = _monai_layer_names()
-            if name.lower() not in known:
-                from .registry import did_you_mean
-
-                raise HintMismatch(f"a MONAI norm/act/dropout name;{did_you_mean(name.lower(), known)}")
-            if isinstance(value, tuple) and len(value) > 1:
-                if not isinstance(value[1], Mapping):
-                    raise HintMismatch("a layer name or (name, {kwargs})")
-                _check_layer_kwargs(name, value[1], written)
-            return value
-    result = _coerce_base(value, base)
-    for marker in meta:
-        if isinstance(marker, Range):
-            marker.check(result)
-    return result
-
-
-def _coerce_base(value: Any, base: Any) -> Any:
-    """:func:`coerce` against a hint without ``Annotated`` metadata."""
-    origin = typing.get_origin(base)
-    args = typing.get_args(base)
-    if base is type(None):
-        if value is None:
-            return None
-        raise HintMismatch("none")
-    if origin is Union or (origin is not None and origin.__name__ == "UnionType"):
-        out_of_range = None
-        for arm in sorted(args, key=lambda a: a is type(None)):
-            try:
-                return coerce(value, arm)
-            except RangeMismatch as err:  # the right type, out of range: report the range
-                out_of_range = out_of_range or err
-            except HintMismatch:
-                continue
-        if out_of_range is not None:
-            raise out_of_range
-        raise HintMismatch(" | ".join(_describe(a) for a in args))
-    if origin is Literal:
-        candidate = value.name if isinstance(value, Spec) and not value.kwargs else value
-        if candidate in args:
-            return candidate
-        raise HintMismatch("one of " + ", ".join(repr(a) for a in args))
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise HintMismatch("true or false")
-    if base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise HintMismatch("an integer")
-    if base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise HintMismatch("a number")
-    if base is str:
-        if isinstance(value, Spec) and not value.kwargs:
-            return value.name
-        if isinstance(value, str):
-            return value
-        raise HintMismatch("a string")
-    if origin in (list, tuple, Sequence) or base in (list, tuple, Sequence):
-        if not isinstance(value, (list, tuple)):
-            raise HintMismatch(_describe(base))
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise HintMismatch(f"{len(args)} values")
-            return tuple(coerce(v, a) for v, a in zip(value, args, strict=True))
-        item = args[0] if args else Any
-        items = []
-        for i, v in enumerate(value):
-            try:
-                items.append(coerce(v, item))
-            except HintMismatch as err:
-                raise HintMismatch(f"{_describe(base)} (item {i}: expected {err})") from None
-        return tuple(items) if (origin is tuple or base is tuple) else items
-    if origin in (dict, Mapping) or base in (dict, Mapping):
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise HintMismatch("a mapping")
-    if isinstance(base, type):
-        if isinstance(value, base):
-            return value
-        raise HintMismatch(_describe(base))
-    return value

@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from .spec import NAME_RE
+from .spec_values import spec_from_call, taken_spec
+
 __all__ = [
     "KINDS",
     "PartInfo",
@@ -167,8 +170,10 @@ def _record_spec(cls: type) -> None:
         original_init(self, *args, **kwargs)
         if type(self) is not cls and getattr(type(self), "_lowrank_part", None) is not None:
             return  # a registered subclass records its own spec
-        from .build import spec_from_call
-
+        written = taken_spec(cls)  # built from a spec: the spec as the user wrote it
+        if written is not None:
+            object.__setattr__(self, "spec", written)
+            return
         bound = signature.bind(self, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.pop(next(iter(signature.parameters)))  # self
@@ -181,11 +186,11 @@ def _record_spec(cls: type) -> None:
     cls.__init__ = __init__
     if (
         issubclass(cls, torch.nn.Module)
-        and cls._lowrank_part.kind in _CHECKED
+        and cls._lowrank_part.kind in _CHECKED  # type: ignore[attr-defined]
         and not getattr(cls.forward, "_lowrank_checked", False)
         and cls.forward is not torch.nn.Module.forward
     ):
-        cls.forward = _checked_forward(cls.forward, cls._lowrank_part)
+        cls.forward = _checked_forward(cls.forward, cls._lowrank_part)  # type: ignore[attr-defined]
     if issubclass(cls, torch.nn.Module) and not getattr(cls.extra_repr, "_lowrank_spec_repr", False):
         original_extra_repr = cls.extra_repr  # (a registered base's wrapper is inherited as is)
 
@@ -228,8 +233,6 @@ def register(
     Raises:
         ValueError: unknown kind, a malformed name, or a name/alias already taken.
     """
-    from .spec import NAME_RE
-
     _check_kind(kind)
 
     def decorator(obj: Any) -> Any:
@@ -257,23 +260,11 @@ def register(
         for alias in aliases:
             _ALIASES[kind][alias] = part_name
         if isinstance(obj, type):
-            obj._lowrank_part = info
+            obj._lowrank_part = info  # type: ignore[attr-defined]
             _record_spec(obj)
         return obj
 
     return decorator
-
-
-def _load_builtin_parts() -> None:
-    """Import the subpackages whose modules register the built-in parts."""
-    import importlib
-
-    for sub in ("solvers", "matricize", "blocks", "convs", "nets"):
-        try:
-            importlib.import_module(f"lowrank.{sub}")
-        except ModuleNotFoundError as err:  # a subpackage not written yet
-            if err.name != f"lowrank.{sub}":
-                raise
 
 
 def list_parts(kind: str | None = None, pattern: str = "*") -> list[str]:
@@ -286,7 +277,6 @@ def list_parts(kind: str | None = None, pattern: str = "*") -> list[str]:
     Returns:
         Sorted names (``"kind:name"`` when ``kind`` is None).
     """
-    _load_builtin_parts()
     if kind is None:
         return sorted(f"{k}:{n}" for k in KINDS for n in _REGISTRY[k] if fnmatch.fnmatch(n, pattern))
     _check_kind(kind)
@@ -307,7 +297,6 @@ def get_part_info(kind: str, name: str) -> PartInfo:
         ValueError: unknown kind or name, with the close matches and the valid names.
     """
     _check_kind(kind)
-    _load_builtin_parts()
     table = _REGISTRY[kind]
     name = _ALIASES[kind].get(name, name)
     if name not in table:

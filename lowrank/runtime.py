@@ -5,20 +5,19 @@ blocks of 32 MiB and more (a 32-channel 64³ float map is one) with a fresh ``mm
 them with ``munmap``, and trims the top of its heap after large frees; PyTorch's 64-byte aligned
 requests also fragment the heap so that a freed block often cannot serve the next request of
 the same size. So on every step most large activations are page-faulted in again, and the
-first op that writes one pays a fault per 4 KiB page. On the 2-core VM of ``bench/README.md``
-that is ~0.5 ms per MiB: a Swin Factorizer training step at 1×4×64³ spends a third of its time
-in the kernel (0.45M faults per step).
+first op that writes one pays a fault per 4 KiB page, a large share of a CPU training step
+at 1×4×64³.
 
 glibc reads its tunables once, at process start: with :data:`ALLOCATOR_ENV` (no ``mmap``, no
 trimming, the heap grown 256 MiB at a time) freed memory is reused warm and the same step takes
-no fault at all (3.0 → 2.3 s). Setting them with ``mallopt`` in a running process does not work
-as well (the heap already holds the interpreter's blocks; measured slower than the default in
-some runs), so :func:`reexec_with_allocator_env` restarts the process itself with the variables
-set. That is opt-in: ``lowrank train --retain-memory`` / ``lowrank predict --retain-memory`` (or
+no fault at all. Setting them with ``mallopt`` in a running process does not work as well
+(the heap already holds the interpreter's blocks), so :func:`reexec_with_allocator_env` restarts
+the process itself with the variables set. That is opt-in: ``lowrank train --retain-memory`` /
+``lowrank predict --retain-memory`` (or
 ``LOWRANK_RETAIN_MEMORY=1``) restart once on glibc, only when run from the shell as ``lowrank``
 or ``python -m lowrank`` (never when :func:`lowrank.cli.main` is called from a script, which
 would run the script's own code twice), and never for a CUDA run. The default run (24³
-patches, tensors below glibc's mmap threshold) gains nothing from it (``bench/README.md``).
+patches, tensors below glibc's mmap threshold) gains nothing from it.
 The process keeps its peak footprint until it exits. Elsewhere (macOS, Windows, musl) nothing
 changes. Without a restart, export the variables before Python starts
 (``export $(python -m lowrank.runtime)``), or set ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's

@@ -20,7 +20,6 @@ from lowrank.build import KIND_CONTEXT, ConvSpec, LayerSpec, build, validate
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Register test parts in a copy of the registry, restored afterwards."""
-    registry_module._load_builtin_parts()
     monkeypatch.setattr(registry_module, "_REGISTRY", copy.copy(registry_module._REGISTRY))
     monkeypatch.setattr(registry_module, "_ALIASES", copy.copy(registry_module._ALIASES))
     for kind in registry_module.KINDS:

@@ -420,13 +420,13 @@ def test_compiles_without_graph_breaks(name):
 def test_window_index_is_cached_per_size_and_works_on_meta():
     """The gather indices depend on the spatial size only (not batch or channels), and the maps
     run on the meta device (FLOP counting) with the right shapes."""
-    _windows._view_index.cache_clear()
+    _windows.view_index.cache_clear()
     m = build_matricize("swin(patch=4, head_dim=2)", spatial_dims=3)
     for batch, channels in [(1, 2), (3, 4), (2, 8)]:
         x = torch.randn(batch, channels, 5, 6, 7)
         mats, ctx = m(x)
         assert torch.equal(m.inverse(mats, ctx), x)
-    assert _windows._view_index.cache_info().currsize == 2  # one entry per view
+    assert _windows.view_index.cache_info().currsize == 2  # one entry per view
     with torch.device("meta"):
         x = torch.empty(1, 4, 9, 8, 7)
         mats, ctx = m(x)

@@ -7,9 +7,9 @@ from itertools import pairwise
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from lowrank import build_net
+from lowrank.flops import count_flops
 from lowrank.nets.presets import PAPER_SPECS
 
 
@@ -81,8 +81,7 @@ class _NoAutocastOnMeta:
 
 
 def _count_flops(net, x):
-    counter = FlopCounterMode(display=False, depth=None)
-    with torch.no_grad(), counter:
+    with torch.no_grad(), count_flops() as counter:
         net(x)
     return counter
 

@@ -239,9 +239,9 @@ def test_fuzz_nested_specs_build_or_raise_spec_errors(case):
 def _ranged_parameters() -> list[tuple[str, str, str, object]]:
     """(kind, part, parameter, Range) for every registered part parameter that has a range."""
     from lowrank import list_parts
-    from lowrank.build import _signature
     from lowrank.hints import _declares_range, range_of
     from lowrank.registry import get_part_info
+    from lowrank.validate import signature_of as _signature
 
     out = []
     for entry in list_parts():

@@ -32,10 +32,10 @@ import math
 from typing import Literal
 
 import torch
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from ..build import LayerSpec, SolverSpec, build_solver
+from ..norm_act import make_act, make_norm
 from ..registry import register
 
 __all__ = ["Hamburger", "HamApply", "layer"]
@@ -44,7 +44,7 @@ _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 def layer(spec: LayerSpec, *, kind: Literal["norm", "act"], spatial_dims: int, channels: int) -> nn.Module:
-    """Resolve a MONAI ``str | (name, {kwargs}) | None`` norm/act spec (``None`` → identity).
+    """Resolve a norm/act spec (``None`` → identity) with :mod:`lowrank.norm_act`'s vocabulary.
 
     Args:
         spec: the layer spec, e.g. ``"batch"``, ``("group", {"num_groups": 8})``, ``"relu"``.
@@ -58,18 +58,7 @@ def layer(spec: LayerSpec, *, kind: Literal["norm", "act"], spatial_dims: int, c
     Raises:
         ValueError: a name MONAI does not know, with the fix.
     """
-    if spec is None:
-        return nn.Identity()
-    try:
-        if kind == "norm":
-            return get_norm_layer(spec, spatial_dims=spatial_dims, channels=channels)
-        return get_act_layer(spec)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"cannot build the {kind} layer {spec!r} with MONAI ({err}); use a MONAI {kind} name "
-            f"like {'batch, instance, group' if kind == 'norm' else 'relu, gelu, leakyrelu'} "
-            "or a (name, {kwargs}) pair"
-        ) from None
+    return make_norm(spec, channels, spatial_dims) if kind == "norm" else make_act(spec)
 
 
 def _conv(spatial_dims: int, cin: int, cout: int, bias: bool = True) -> nn.Module:

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from monai.networks.layers.factories import Conv
 from torch import nn
 
 __all__ = ["ConvertMixin"]
-
-_NN_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 class ConvertMixin:
     """Conversions between a low-rank convolution and a dense ``nn.ConvNd``."""
 
+    if TYPE_CHECKING:  # provided by the convolution class this mixes into (convs/_base.py)
+        spatial_dims: int
+        in_channels: int
+        out_channels: int
+        kernel_size: tuple[int, ...]
+        stride: tuple[int, ...]
+        padding: Any
+        dilation: tuple[int, ...]
+        groups: int
+        bias: torch.Tensor | None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+        def reconstruct(self) -> torch.Tensor: ...
+        def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
     def to_dense(self) -> nn.Module:
         """An equivalent ``nn.Conv1d/2d/3d`` holding the reconstructed kernel (same device/dtype)."""
         with torch.no_grad():
             weight = self.reconstruct()
-        conv = _NN_CONV[self.spatial_dims](
+        conv = Conv[Conv.CONV, self.spatial_dims](
             self.in_channels,
             self.out_channels,
             self.kernel_size,

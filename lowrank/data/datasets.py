@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -277,7 +278,7 @@ def resample(
     from monai.data import MetaTensor
     from monai.transforms import Spacing
 
-    out = Spacing(pixdim=list(spacing), mode="nearest" if label else "bilinear")(
+    out: Any = Spacing(pixdim=list(spacing), mode="nearest" if label else "bilinear")(
         MetaTensor(np.asarray(image, dtype=np.float32), affine=np.asarray(affine, dtype=np.float64))
     )
     return np.asarray(out.as_tensor().numpy(), dtype=np.float32), np.asarray(out.affine, dtype=np.float64)
@@ -325,7 +326,7 @@ def load_dataset(
         rounded = np.rint(label)
         if np.abs(rounded - label).max() > 1e-3 or rounded.min() < 0:
             raise ValueError(f"label {case.label} must hold non-negative integer class indices")
-        raw.append((case, image, rounded, np.asarray(img.affine, dtype=np.float64)))
+        raw.append((case, image, rounded, np.asarray(img.affine, dtype=np.float64)))  # type: ignore[attr-defined]
     channels = {image.shape[0] for _, image, _, _ in raw}
     if len(channels) > 1:
         raise ValueError(f"--data {data}: cases have different channel counts {sorted(channels)}")

@@ -66,7 +66,7 @@ class LazyWindows:
         few chunks), else a run of one block's windows. The chunk is one reused buffer: use it
         (or copy it) before taking the next one.
         """
-        from ..matricize._windows import _view_index, gather_windows
+        from ..matricize._windows import gather_windows, view_index
 
         layout, (_, rows, columns) = self.layout, self.shape
         if max_elements is None:
@@ -77,7 +77,7 @@ class LazyWindows:
         buffer = self.x.new_empty(max(per_window, min(max_elements, most)))
         offset = 0
         for view in layout.views:
-            flat, padding, _, _ = _view_index(view, layout.spatial, self.device)
+            flat, padding, _, _ = view_index(view, layout.spatial, self.device)
             windows = view.windows
             if windows * per_window <= max_elements:  # whole blocks: (n, windows) at a time
                 step = max(1, max_elements // (windows * per_window))
@@ -98,7 +98,7 @@ def fold_rank1(u: Tensor, w: Tensor, layout: WindowLayout, max_elements: int | N
     """``u (B', M), w (B', N) -> mean over views of the folded u wᵀ``, ``(B, heads·M, *S)``; the
     second and later views are added through chunks of ``max_elements`` (default
     :func:`chunk_elements`)."""
-    from ..matricize._windows import _place, _view_index
+    from ..matricize._windows import place_index, view_index
 
     batch, heads, rows = layout.batch, layout.heads, u.shape[1]
     channels, volume = heads * rows, math.prod(layout.spatial)
@@ -108,12 +108,12 @@ def fold_rank1(u: Tensor, w: Tensor, layout: WindowLayout, max_elements: int | N
     offset = 0
     for number, view in enumerate(layout.views):
         count = batch * heads * view.windows
-        _, _, window, _ = _view_index(view, layout.spatial, u.device)
+        _, _, window, _ = view_index(view, layout.spatial, u.device)
         # u as a (B, windows, heads·M) table: each voxel looks up its window's row (channels last)
         table = u[offset : offset + count].view(batch, heads, view.windows, rows).transpose(1, 2)
         table = table.reshape(batch, view.windows, channels)
         # each voxel's own entry of w: (B·heads, windows·N) -> (B, ∏S, heads, 1)
-        place = _place(view, layout.spatial, 1, u.device)
+        place = place_index(view, layout.spatial, 1, u.device)
         entry = w[offset : offset + count].reshape(batch * heads, -1).index_select(1, place)
         entry = entry.view(batch, heads, volume).transpose(1, 2).contiguous().unsqueeze(-1)
         if number == 0:  # straight into the output

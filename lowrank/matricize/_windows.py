@@ -30,6 +30,8 @@ __all__ = [
     "from_windows",
     "window_mask",
     "gather_windows",
+    "place_index",
+    "view_index",
 ]
 
 
@@ -50,7 +52,7 @@ def _window_view(block: Tensor, layout: WindowLayout, view: ViewPlan) -> Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _view_index(view: ViewPlan, spatial: tuple[int, ...], device: torch.device) -> tuple[Tensor, ...]:
+def view_index(view: ViewPlan, spatial: tuple[int, ...], device: torch.device) -> tuple[Tensor, ...]:
     """The index tensors of one view (cached; ``O(∏ S)`` int64, independent of batch and channels).
 
     Returns:
@@ -88,16 +90,16 @@ def _view_index(view: ViewPlan, spatial: tuple[int, ...], device: torch.device) 
 
 
 @functools.lru_cache(maxsize=16)
-def _place(view: ViewPlan, spatial: tuple[int, ...], rows: int, device: torch.device) -> Tensor:
+def place_index(view: ViewPlan, spatial: tuple[int, ...], rows: int, device: torch.device) -> Tensor:
     """``(∏ S,)`` int64: the position ``g·rows·N + n`` of each voxel's column in its view block."""
-    _, _, window, column = _view_index(view, spatial, device)
+    _, _, window, column = view_index(view, spatial, device)
     return window.to(torch.int64) * (rows * view.columns) + column
 
 
 def gather_windows(out: Tensor, source: Tensor, flat: Tensor, padding: Tensor | None) -> None:
     """``out (k, n, M, N)`` ← the windows ``flat (n, N)`` of ``source (k, 1, M, ∏S)``, zeros on padding.
 
-    ``flat`` and ``padding`` are (row ranges of) a view's cached index (:func:`_view_index`).
+    ``flat`` and ``padding`` are (row ranges of) a view's cached index (:func:`view_index`).
     """
     k, n, rows, columns = out.shape
     index = flat.view(1, n, 1, columns).expand(k, -1, rows, -1)
@@ -117,7 +119,7 @@ def _scatter(x: Tensor, layout: WindowLayout, scale: float) -> Tensor:
     for view in layout.views:
         count = bh * view.windows
         block = out[offset : offset + count].view(bh, view.windows, rows, view.columns)
-        flat, padding, _, _ = _view_index(view, layout.spatial, x.device)
+        flat, padding, _, _ = view_index(view, layout.spatial, x.device)
         gather_windows(block, source, flat, padding)
         offset += count
     if scale != 1.0:
@@ -150,7 +152,9 @@ def _gather_sum(matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
         # row m of (b, h) starts m·N into the block: a strided view, read at g·rows·N + n
         source = flat.view(-1)[offset * rows * view.columns : offset * rows * view.columns + size]
         source = source.as_strided((bh, rows, per - (rows - 1) * view.columns), (per, view.columns, 1))
-        index = _place(view, layout.spatial, rows, matrices.device).view(1, 1, volume).expand(bh, rows, -1)
+        index = (
+            place_index(view, layout.spatial, rows, matrices.device).view(1, 1, volume).expand(bh, rows, -1)
+        )
         if number == 0:
             torch.gather(source, 2, index, out=out)
         else:

@@ -29,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -194,6 +194,11 @@ class Matricize(nn.Module):
 
     #: which of a solver's ``(U, V)`` factors indexes the voxels (``V`` for the spatial views)
     spatial_factor_index: int = 1
+
+    #: optional capability: ``lazy(x)`` returns the matrices as windows read on demand
+    #: (:class:`lowrank.kernels.LazyWindows`, used by the inference fold); ``None`` where a
+    #: matricizer has none. Capabilities are declared here, not discovered with ``getattr``.
+    lazy: Callable[[Tensor], Any] | None = None
 
     def __init__(
         self,

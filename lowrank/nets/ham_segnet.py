@@ -24,7 +24,7 @@ from monai.networks.blocks import ResidualUnit
 from torch import nn
 
 from ..blocks.ham_head import HamHead, resize_to
-from ..build import BlockSpec, LayerSpec
+from ..build import BlockSpec, LayerSpec, MonaiLayerSpec
 from ..export import script_error
 from ..registry import register
 
@@ -99,7 +99,7 @@ class HamSegNet(nn.Module):
         hamburger: BlockSpec = (
             "hamburger(ham=ham_nmf(rank=16, iters=6, eval_iters=7, grad_steps=1), version=v1, out_act=relu)"
         ),
-        norm: LayerSpec = ("group", {"num_groups": 8}),
+        norm: MonaiLayerSpec = ("group", {"num_groups": 8}),
         act: LayerSpec = "relu",
         dropout: float = 0.1,
     ):

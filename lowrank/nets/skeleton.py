@@ -39,9 +39,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 
-from ..blocks._layers import MAXPOOLS, TRANSPOSED_CONVS, PointwiseConv, accepts, as_tuple, pointwise
+from ..blocks._layers import PointwiseConv, accepts, as_tuple, pointwise
 from ..build import BlockSpec, ConvSpec, as_spec, build_block, build_conv
 from ..export import script_error
 from ..registry import register
@@ -311,7 +312,7 @@ class UNetSkeleton(nn.Module):
                 )
                 cin = channels[level]
             else:
-                self.downs.append(MAXPOOLS[spatial_dims](kernel_size=stride, stride=stride))
+                self.downs.append(Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride))
                 cin = channels[level - 1]
             stages.append(make_stage(level, level, cin))
         self.pos_embed = None
@@ -328,7 +329,7 @@ class UNetSkeleton(nn.Module):
                 padding = tuple((up_kernel - 1) // 2 for _ in stride)
                 out_pad = tuple(s - 1 for s in stride)
             self.ups.append(
-                TRANSPOSED_CONVS[spatial_dims](
+                Conv[Conv.CONVTRANS, spatial_dims](
                     channels[level + 1],
                     channels[level],
                     kernel,

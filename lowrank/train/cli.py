@@ -7,7 +7,7 @@ is itself a valid ``--config``.
 
 Examples::
 
-    lowrank train                                   # the default Swin Factorizer, 41 s on a 2-core CPU
+    lowrank train                                   # the default Swin Factorizer on the bundled data
     lowrank train --spec "unet(channels=[8, 16, 32, 64])" --steps 300 --out runs/unet
     lowrank train --config run.yaml --fold 0       # a Decathlon / nnU-Net dataset, fold 0 of 5
     lowrank train --resume --out runs/default       # continue after an interruption
@@ -27,7 +27,7 @@ import sys
 import typing
 from pathlib import Path
 
-__all__ = ["add_commands", "add_config_arguments", "config_help", "main"]
+__all__ = ["add_commands", "add_config_arguments", "config_help"]
 
 #: set to 1 to restart ``lowrank train``/``predict`` once with glibc's allocator tunables
 RETAIN_MEMORY_ENV = "LOWRANK_RETAIN_MEMORY"
@@ -294,14 +294,3 @@ def add_commands(subparsers) -> None:
         "-o", "--output", default=None, help="summary JSON file (metrics.csv is written next to it)"
     )
     p.set_defaults(func=_evaluate)
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry point (``python -m lowrank.train``), same commands as ``lowrank``."""
-    from ..cli import main as lowrank_main
-
-    return lowrank_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 
 from ..data import DEFAULT_HOLDOUT, Volume, load_dataset, load_template, split_cases, split_slab
+from ..spec_values import spec_text
 
 __all__ = [
     "DEFAULT_SPEC",
@@ -220,8 +221,6 @@ class TrainConfig:
         """The options as JSON (a valid ``--config`` file; tuples as lists)."""
         data = asdict(self)
         if not isinstance(self.spec, str):
-            from .loop import spec_text
-
             data["spec"] = spec_text(self.spec)
         return json.dumps(data, indent=2, sort_keys=True)
 

@@ -177,7 +177,7 @@ def evaluate(
                 raise NotADirectoryError(f"-o {output}: {parent} is a file, not a folder")
         if output.is_dir():
             raise IsADirectoryError(f"-o {output} is a folder: give a file name such as summary.json")
-    cases = []
+    cases: list[dict[str, Any]] = []
     for case, pred_path, ref_path, pred, ref, ref_img in loaded:
         spacing = [float(s) for s in ref_img.header.get_zooms()[:3]]
         metrics = segmentation_metrics(pred, ref, names, spacing)

@@ -27,6 +27,7 @@ from torch import nn
 from .. import build_net
 from ..data.loader import patch_loader
 from ..spec import SpecError
+from ..spec_values import spec_text
 from . import distributed as D
 from .checkpoint import (
     FORMAT,
@@ -52,16 +53,6 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def spec_text(spec: Any) -> str:
-    """The canonical text of a spec (``str`` of the parsed spec; callables by qualified name)."""
-    from ..build import as_spec
-
-    parsed = as_spec(spec)
-    if callable(parsed) and not hasattr(parsed, "kwargs"):
-        return f"<{getattr(parsed, '__module__', '')}.{getattr(parsed, '__qualname__', parsed)}>"
-    return str(parsed)
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:

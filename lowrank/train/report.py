@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import controls
+
 __all__ = [
     "data_text",
     "validation_text",
@@ -195,63 +197,30 @@ def plot_overlay(
     return path
 
 
-def _factorizer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    blocks = []
-    for module in model.modules():
-        if (
-            hasattr(module, "matricize")
-            and hasattr(module, "mixer")
-            and hasattr(module.matricize, "component_map")
-        ):
-            if hasattr(module.mixer, "store_factors"):
-                blocks.append(module)
-    return blocks
-
-
 @torch.no_grad()
 def component_maps(model: torch.nn.Module, image: torch.Tensor) -> list[tuple[str, np.ndarray]]:
-    """The spatial NMF component maps of the first and last factorizer blocks.
+    """The spatial NMF component maps of the first and last factorizer blocks (in eval mode).
+
+    Recorded by :func:`lowrank.controls.component_maps`.
 
     Args:
-        model: a net containing blocks with ``.matricize`` (having ``component_map``) and
-            ``.mixer`` (having ``store_factors``).
+        model: a net containing blocks with ``.matricize`` and ``.mixer`` (storing its factors).
         image: ``(1, C, *S)`` input, sized for the net.
 
     Returns:
         ``[(block name, maps (components, *S_block)), ...]`` (empty if the net has no such block).
     """
-    blocks = _factorizer_blocks(model)
-    if not blocks:
+    names = [n for n, b in controls.factorizer_blocks(model).items() if hasattr(b.mixer, "store_factors")]
+    if not names:
         return []
-    chosen = [blocks[0]] if len(blocks) == 1 else [blocks[0], blocks[-1]]
-    names = {id(m): n for n, m in model.named_modules()}
-    ctxs, hooks = {}, []
-    for block in chosen:
-        block.mixer.store_factors = True
-        hooks.append(
-            block.matricize.register_forward_hook(lambda mod, args, out: ctxs.__setitem__(id(mod), out[1]))
-        )
+    chosen = names[:1] if len(names) == 1 else [names[0], names[-1]]
     was_training = model.training
     model.eval()
     try:
-        model(image)
-        maps = []
-        for block in chosen:
-            factors = getattr(block.mixer, "factors", None)
-            ctx = ctxs.get(id(block.matricize))
-            if factors is None or ctx is None:
-                continue
-            cmap = block.matricize.component_map(factors, ctx)[0].float().cpu().numpy()
-            maps.append((names.get(id(block), "block"), cmap))
-        return maps
+        maps = controls.component_maps(model, image, blocks=chosen)
     finally:
         model.train(was_training)
-        for block in chosen:
-            block.mixer.store_factors = False
-            if hasattr(block.mixer, "factors"):
-                block.mixer.factors = None
-        for h in hooks:
-            h.remove()
+    return [(n, maps[n][0].float().cpu().numpy()) for n in chosen if n in maps]
 
 
 def plot_components(
