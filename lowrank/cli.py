@@ -15,9 +15,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .export import add_export_command
 from .registry import KINDS, get_part_info, list_parts
 from .spec import SpecError
-from .export import add_export_command
 from .train.cli import add_commands as add_train_commands
 
 __all__ = ["main", "build_parser"]

@@ -217,7 +217,7 @@ def export_model(
 
     Raises:
         ValueError: an unknown suffix, or an exported model whose output differs from the
-            eager one by more than :data:`TOLERANCE`.
+            eager one by more than ``TOLERANCE`` (1e-4).
         ImportError: ONNX without the ``onnx``/``onnxscript`` packages (with the install command).
     """
     path = Path(path)

@@ -113,7 +113,19 @@ def _checkpoint(path, spec: str = SPEC):
         "classes": ["background", "csf", "gm", "wm"],
         "spacing": [2.0, 2.0, 2.0],
     }
-    state = {"format": FORMAT, "spec": spec, "net": json.dumps(info), "model": net.state_dict(), "step": 1}
+    optimizer = torch.optim.AdamW(net.parameters())
+    state = {
+        "format": FORMAT,
+        "spec": spec,
+        "net": json.dumps(info),
+        "config": json.dumps({"spec": spec}),
+        "history": json.dumps({"step": [], "loss": [], "lr": [], "val": []}),
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0).state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": []},
+        "step": 1,
+    }
     save_checkpoint(path, state)
     return net.eval()
 

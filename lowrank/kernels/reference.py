@@ -8,6 +8,8 @@ the other backends.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,6 +17,15 @@ from torch import Tensor
 from ..solvers._numerics import inverse_scale
 
 __all__ = ["nmf_rank1", "nmf_iterations", "mu_update", "hals_update", "fused_mlp"]
+
+
+def _grad_mode(enabled: bool) -> contextlib.AbstractContextManager:
+    """``torch.set_grad_enabled(enabled)``, or nothing when the mode already is that: a grad-mode
+    region that changes nothing still becomes a node under ``torch.export`` (an empty one there
+    fails the exporter's verifier)."""
+    if enabled == torch.is_grad_enabled():
+        return contextlib.nullcontext()
+    return torch.set_grad_enabled(enabled)
 
 
 def _normalize(w: Tensor, delta: float) -> Tensor:
@@ -43,7 +54,7 @@ def nmf_rank1(x: Tensor, u0: Tensor, iters: int, diff: int, eps: float) -> tuple
     delta = eps * eps
     xs = x * inverse_scale(x)
     u, free = u0, iters - diff
-    with torch.no_grad():
+    with _grad_mode(torch.is_grad_enabled() and free == 0):
         for _ in range(free):
             u = _normalize((xs @ (xs.mT @ u.unsqueeze(-1))).squeeze(-1), delta)
     for t in range(free, iters):
@@ -104,11 +115,11 @@ def nmf_iterations(
     rule, start = _UPDATES[update]
     s = inverse_scale(x)
     free, grad = iters - diff, torch.is_grad_enabled()
-    with torch.set_grad_enabled(grad and free == 0):
+    with _grad_mode(grad and free == 0):
         v = torch.full((*x.shape[:-2], x.shape[-1], u0.shape[-1]), start, dtype=x.dtype, device=x.device)
         u, v = u0, rule(x.mT, v, u0, eps, s)
     for t in range(iters):
-        with torch.set_grad_enabled(grad and t >= free):
+        with _grad_mode(grad and t >= free):
             if t == free and free > 0:
                 u, v = u.detach(), v.detach()
             u = rule(x, u, v, eps, s)
