@@ -49,7 +49,7 @@ VALIDATOR = textwrap.dedent(
     from lowrank import build_net
     from lowrank.data import load_template, split_slab
     from lowrank.train import TrainConfig, distributed as D
-    from lowrank.train import loop
+    from lowrank.train import steps
 
     info, device = D.setup("cpu")
     torch.manual_seed(0)
@@ -57,15 +57,15 @@ VALIDATOR = textwrap.dedent(
     template = load_template()
     volumes = [split_slab(template, (a, a + 0.06))[1] for a in (0.3, 0.5, 0.7)]
     seen = []
-    predict = loop.sliding_window_predict
+    predict = steps.sliding_window_predict
 
     def counted(model, image, *args, **kwargs):
         seen.append(tuple(image.shape))
         return predict(model, image, *args, **kwargs)
 
-    loop.sliding_window_predict = counted
+    steps.sliding_window_predict = counted
     cfg = TrainConfig(spec=sys.argv[1], patch=(16, 16, 16), overlap=0.0, sw_batch=8)
-    metrics = loop.validate(net, volumes, cfg, template.classes, device, info)
+    metrics = steps.validate(net, volumes, cfg, template.classes, device, info)
     torch.save({"metrics": metrics, "seen": len(seen)}, sys.argv[2].format(rank=info.rank))
     D.teardown()
     """
