@@ -8,24 +8,14 @@ the other backends.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..solvers._iterations import run_iterations
 from ..solvers._numerics import inverse_scale
 
 __all__ = ["nmf_rank1", "nmf_iterations", "mu_update", "hals_update", "fused_mlp"]
-
-
-def _grad_mode(enabled: bool) -> contextlib.AbstractContextManager:
-    """``torch.set_grad_enabled(enabled)``, or nothing when the mode already is that: a grad-mode
-    region that changes nothing still becomes a node under ``torch.export`` (an empty one there
-    fails the exporter's verifier)."""
-    if enabled == torch.is_grad_enabled():
-        return contextlib.nullcontext()
-    return torch.set_grad_enabled(enabled)
 
 
 def _normalize(w: Tensor, delta: float) -> Tensor:
@@ -54,9 +44,10 @@ def nmf_rank1(x: Tensor, u0: Tensor, iters: int, diff: int, eps: float) -> tuple
     delta = eps * eps
     xs = x * inverse_scale(x)
     u, free = u0, iters - diff
-    with _grad_mode(torch.is_grad_enabled() and free == 0):
-        for _ in range(free):
-            u = _normalize((xs @ (xs.mT @ u.unsqueeze(-1))).squeeze(-1), delta)
+    if free > 0:
+        with torch.no_grad():
+            for _ in range(free):
+                u = _normalize((xs @ (xs.mT @ u.unsqueeze(-1))).squeeze(-1), delta)
     for t in range(free, iters):
         v = xs.mT @ u.unsqueeze(-1)  # (B, N, 1)
         if t == free and free > 0:
@@ -114,16 +105,16 @@ def nmf_iterations(
     """
     rule, start = _UPDATES[update]
     s = inverse_scale(x)
-    free, grad = iters - diff, torch.is_grad_enabled()
-    with _grad_mode(grad and free == 0):
+
+    def initial() -> tuple[Tensor, Tensor]:
         v = torch.full((*x.shape[:-2], x.shape[-1], u0.shape[-1]), start, dtype=x.dtype, device=x.device)
-        u, v = u0, rule(x.mT, v, u0, eps, s)
-    for t in range(iters):
-        with _grad_mode(grad and t >= free):
-            if t == free and free > 0:
-                u, v = u.detach(), v.detach()
-            u = rule(x, u, v, eps, s)
-            v = rule(x.mT, v, u, eps, s)
+        return u0, rule(x.mT, v, u0, eps, s)
+
+    def step(state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        u = rule(x, state[0], state[1], eps, s)
+        return u, rule(x.mT, state[1], u, eps, s)
+
+    u, v = run_iterations(initial, step, iters, diff)
     return (u @ v.mT) / s, u, v
 
 

@@ -82,7 +82,6 @@ subclass :class:`Update`; inits (kind ``init``) subclass :class:`Init`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -91,6 +90,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..build import InitSpec, build
 from ..kernels._switch import pinned as kernels_setting
+from ._iterations import State, run_iterations
 from ._numerics import (
     abs_max,
     compute_dtype,
@@ -115,40 +115,6 @@ __all__ = [
     "resolve_rank",
     "run_iterations",
 ]
-
-State = tuple[Tensor, ...]
-
-
-def run_iterations(
-    initial: Callable[[], State],
-    step: Callable[[State], State],
-    iters: int,
-    grad_steps: int | None,
-) -> State:
-    """Run ``initial()`` then ``iters`` times ``step`` with the gradient mode ``grad_steps``.
-
-    Args:
-        initial: returns the initial state.
-        step: maps a state to the next one.
-        iters: number of steps T.
-        grad_steps: ``None`` (all differentiated) or k (only the last k steps differentiated;
-            the state entering them is detached).
-
-    Returns:
-        The final state.
-    """
-    free = 0 if grad_steps is None or not torch.is_grad_enabled() else max(iters - grad_steps, 0)
-    if free > 0:
-        with torch.no_grad():
-            state = initial()
-            for _ in range(free):
-                state = step(state)
-        state = tuple(s.detach() for s in state)
-    else:
-        state = initial()
-    for _ in range(iters - free):
-        state = step(state)
-    return state
 
 
 class Factorization(nn.Module):
