@@ -17,6 +17,7 @@ from monai.networks.layers.factories import Act, Dropout, Norm
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
+from .safe_norm import range_safe
 from .spec import Spec
 
 __all__ = [
@@ -202,7 +203,9 @@ def make_norm(spec: Any, channels: int, spatial_dims: int) -> nn.Module:
     - ``"layer"`` is a LayerNorm over the channels of a channels-first map
       (:class:`ChannelLayerNorm`; kwargs ``eps``, ``affine``);
     - ``("group", {"group_size": g})`` is a GroupNorm with ``g`` channels per group
-      (``channels // g`` groups, at least one).
+      (``channels // g`` groups, at least one);
+    - group and instance norms are the range-safe subclasses of :mod:`lowrank.safe_norm`
+      (correct for inputs of any finite magnitude, bit-identical below ``2**50``).
 
     Args:
         spec: ``None`` (identity), a name or ``(name, {kwargs})``.
@@ -235,12 +238,13 @@ def make_norm(spec: Any, channels: int, spatial_dims: int) -> nn.Module:
                 "divisor of the channels or ('group', {'group_size': 8}) for 8 channels per group"
             )
     try:
-        return get_norm_layer((name, kwargs), spatial_dims=spatial_dims, channels=channels)
+        norm = get_norm_layer((name, kwargs), spatial_dims=spatial_dims, channels=channels)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(
             f"cannot build the norm layer {spec!r} ({err}); use 'layer', a MONAI norm name like "
             "'batch', 'instance', 'group', or a (name, {kwargs}) pair"
         ) from None
+    return range_safe(norm)
 
 
 def make_act(spec: Any) -> nn.Module:
