@@ -5,6 +5,12 @@ initialization, a matricizer, a block, a convolution, a net) is a *part*: a clas
 factory registered under a *kind* and a *name*. Config strings name parts; the
 registry turns names into objects.
 
+A part that only changes another part's defaults is a *preset*
+(:func:`lowrank.preset.register_preset`): its entry records the base part's name
+(:attr:`PartInfo.base`) and the overrides (:attr:`PartInfo.defaults`, :attr:`PartInfo.fixed`),
+and its class takes the base's keywords with the merged defaults, so the builder validates it
+like any part.
+
 Example:
     >>> from lowrank import list_parts
     >>> "nmf" in list_parts("solver")
@@ -17,7 +23,7 @@ import difflib
 import fnmatch
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +68,10 @@ class PartInfo:
         dtypes: floating dtypes the part supports.
         test_spec: a small spec the contract test suite builds and runs (defaults to the name).
         test_size: the spatial size per axis of the contract suite's input.
+        module: the module that defines the part.
+        base: for a preset, the name of its base part (same kind); ``None`` otherwise.
+        defaults: for a preset, the defaults it gives the base's keywords.
+        fixed: for a preset, the base's keywords it sets itself (not in its signature).
     """
 
     kind: str
@@ -73,6 +83,9 @@ class PartInfo:
     test_spec: str | None = None
     test_size: int = 16
     module: str = field(default="", compare=False)
+    base: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    fixed: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def summary(self) -> str:
@@ -213,6 +226,9 @@ def register(
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
     test_spec: str | None = None,
     test_size: int = 16,
+    base: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> Callable[[Any], Any]:
     """Register a class or factory as a part of ``kind``.
 
@@ -224,6 +240,8 @@ def register(
         dtypes: supported floating dtypes.
         test_spec: a small spec for the contract test suite (defaults to the bare name).
         test_size: spatial size per axis of the contract test input.
+        base, defaults, fixed: a preset's entry (set by :func:`lowrank.preset.register_preset`,
+            which also makes the class; not given directly).
 
     Returns:
         A decorator that registers its argument and returns it unchanged (classes that are
@@ -255,6 +273,9 @@ def register(
             test_spec=test_spec,
             test_size=test_size,
             module=getattr(obj, "__module__", ""),
+            base=base,
+            defaults=dict(defaults or {}),
+            fixed=dict(fixed or {}),
         )
         _REGISTRY[kind][part_name] = info
         for alias in aliases:

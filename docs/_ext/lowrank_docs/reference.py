@@ -168,6 +168,14 @@ def _render_part(kind: str, name: str, seen: set[int]) -> list[str]:
     lines += [" · ".join(facts), ""]
     if info.summary:
         lines += [escape_rst(info.summary), ""]
+    if info.base is not None:
+        from lowrank.preset import preset_spec
+
+        lines += [
+            f"A preset of :ref:`{info.base} <{_label(kind, info.base)}>`: ``{name}`` is "
+            f"``{preset_spec(info)}``; the defaults below are the effective ones.",
+            "",
+        ]
 
     build_call = _BUILD_CALL.get(kind, f'build("{kind}", "NAME")').replace("NAME", name)
     lines += [f"Build it with ``{build_call}``."]
