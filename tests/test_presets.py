@@ -22,14 +22,29 @@ from lowrank.registry import _ALIASES, _REGISTRY, get_part_info, register
 
 #: (preset spec, the same net written as its base's spec)
 EQUIVALENT = [
-    ("lowrank_resunet(channels=[4, 8])", "resunet(channels=[4, 8], conv=cp_conv(rank=0.5), first_level_conv=dense)"),
-    ("lowrank_resunet(channels=[4, 8], conv=tt_conv(rank=0.5))", "resunet(channels=[4, 8], conv=tt_conv(rank=0.5), first_level_conv=dense)"),
-    ("resunet(channels=[4, 8])", "conv_unet(channels=[4, 8], block=residual, stem=false, down=maxpool, up_kernel=3, norm=instance)"),
+    (
+        "lowrank_resunet(channels=[4, 8])",
+        "resunet(channels=[4, 8], conv=cp_conv(rank=0.5), first_level_conv=dense)",
+    ),
+    (
+        "lowrank_resunet(channels=[4, 8], conv=tt_conv(rank=0.5))",
+        "resunet(channels=[4, 8], conv=tt_conv(rank=0.5), first_level_conv=dense)",
+    ),
+    (
+        "resunet(channels=[4, 8])",
+        "conv_unet(channels=[4, 8], block=residual, stem=false, down=maxpool, up_kernel=3, norm=instance)",
+    ),
     ("pre_unet(channels=[4, 8])", "conv_unet(channels=[4, 8], block=preact_residual)"),
     ("unet(channels=[4, 8], norm=batch)", "conv_unet(channels=[4, 8], norm=batch)"),
-    ("local_factorizer(channels=[8, 16], head_dim=4, patch=4, pos_embed_size=8)", "factorizer_net(channels=[8, 16], head_dim=4, patch=4, pos_embed_size=8, matricize=local)"),
-    ("global_factorizer(channels=[8, 16], head_dim=4, pos_embed_size=8)", "factorizer_net(channels=[8, 16], head_dim=4, pos_embed_size=8, matricize=global)"),
-]  # fmt: skip
+    (
+        "local_factorizer(channels=[8, 16], head_dim=4, patch=4, pos_embed_size=8)",
+        "factorizer_net(channels=[8, 16], head_dim=4, patch=4, pos_embed_size=8, matricize=local)",
+    ),
+    (
+        "global_factorizer(channels=[8, 16], head_dim=4, pos_embed_size=8)",
+        "factorizer_net(channels=[8, 16], head_dim=4, pos_embed_size=8, matricize=global)",
+    ),
+]
 
 
 @pytest.mark.parametrize(("preset", "base"), EQUIVALENT)
@@ -79,19 +94,49 @@ def _caret(err: SpecError) -> str:
 
 #: (mistake on a preset, the same mistake on its base, error type, words the message must hold)
 MISTAKES = [
-    ("lowrank_resunet(chanels=[4, 8])", "resunet(chanels=[4, 8])", SpecKeywordError, ["did you mean 'channels'"]),
-    ("lowrank_resunet(conv=cp_conv(rnak=0.5))", "resunet(conv=cp_conv(rnak=0.5))", SpecKeywordError, ["cp_conv()", "'rank'"]),
+    (
+        "lowrank_resunet(chanels=[4, 8])",
+        "resunet(chanels=[4, 8])",
+        SpecKeywordError,
+        ["did you mean 'channels'"],
+    ),
+    (
+        "lowrank_resunet(conv=cp_conv(rnak=0.5))",
+        "resunet(conv=cp_conv(rnak=0.5))",
+        SpecKeywordError,
+        ["cp_conv()", "'rank'"],
+    ),
     ("lowrank_resunet(conv=cp_convv)", "resunet(conv=cp_convv)", SpecError, ["unknown conv", "'cp_conv'"]),
     ("lowrank_resunet(norm=batchh)", "resunet(norm=batchh)", SpecError, ["did you mean 'batch'"]),
     ("lowrank_resunet(dropout=1.5)", "resunet(dropout=1.5)", SpecError, ["must be >= 0 and < 1"]),
     ("lowrank_resunet(deep_supervision=0)", "resunet(deep_supervision=0)", SpecError, [">= 1"]),
     ("lowrank_resunet(channels=4)", "resunet(channels=4)", SpecError, ["expects"]),
-    ("swin_factorizer(head_dmi=4)", "factorizer_net(head_dmi=4)", SpecKeywordError, ["did you mean 'head_dim'"]),
-    ("swin_factorizer(channels=[8, 16], head_dim=3, pos_embed_size=8)", "factorizer_net(channels=[8, 16], head_dim=3, pos_embed_size=8)", SpecError, ["head_dim", "divid"]),
+    (
+        "swin_factorizer(head_dmi=4)",
+        "factorizer_net(head_dmi=4)",
+        SpecKeywordError,
+        ["did you mean 'head_dim'"],
+    ),
+    (
+        "swin_factorizer(channels=[8, 16], head_dim=3, pos_embed_size=8)",
+        "factorizer_net(channels=[8, 16], head_dim=3, pos_embed_size=8)",
+        SpecError,
+        ["head_dim", "divid"],
+    ),
     ("swin_factorizer(update=hal)", "factorizer_net(update=hal)", SpecError, []),
-    ("swin_factorizer(block=factorizer(mixer=nmf(rnak=1)))", "factorizer_net(block=factorizer(mixer=nmf(rnak=1)))", SpecKeywordError, ["nmf()", "'rank'"]),
-    ("unet(conv=dense, first_level_conv=cp_conv(rank=-1))", "conv_unet(conv=dense, first_level_conv=cp_conv(rank=-1))", SpecError, ["rank"]),
-]  # fmt: skip
+    (
+        "swin_factorizer(block=factorizer(mixer=nmf(rnak=1)))",
+        "factorizer_net(block=factorizer(mixer=nmf(rnak=1)))",
+        SpecKeywordError,
+        ["nmf()", "'rank'"],
+    ),
+    (
+        "unet(conv=dense, first_level_conv=cp_conv(rank=-1))",
+        "conv_unet(conv=dense, first_level_conv=cp_conv(rank=-1))",
+        SpecError,
+        ["rank"],
+    ),
+]
 
 
 @pytest.mark.parametrize(("preset", "base", "error", "words"), MISTAKES)
@@ -105,7 +150,8 @@ def test_preset_errors_are_the_base_errors_under_the_preset_name(preset, base, e
     assert p.text == preset and _caret(p) == _caret(b)  # the caret under the same keyword/value
     preset_name, base_name = preset.split("(")[0], base.split("(")[0]
     # the same message (a preset's accepted keywords are its base's less the fixed ones)
-    assert p.message.replace(preset_name, base_name).split(" accepted:")[0] == b.message.split(" accepted:")[0]
+    same = p.message.replace(preset_name, base_name).split(" accepted:")[0]
+    assert same == b.message.split(" accepted:")[0]
     for word in words:
         assert word in p.message
 
@@ -208,7 +254,8 @@ def test_cli_list_and_show_print_the_preset_and_its_defaults():
     assert lines[at + 1].strip() == "= resunet(conv=cp_conv(rank=0.5), first_level_conv=dense)"
     shown = _lowrank("show", "lowrank_resunet(channels=[4, 8])", "--size", "8", "8", "8")
     assert shown.returncode == 0, shown.stderr
-    assert "preset:     lowrank_resunet = resunet(conv=cp_conv(rank=0.5), first_level_conv=dense)" in shown.stdout
+    preset = "preset:     lowrank_resunet = resunet(conv=cp_conv(rank=0.5), first_level_conv=dense)"
+    assert preset in shown.stdout
     defaults = next(line for line in shown.stdout.splitlines() if line.startswith("defaults:"))
     assert "conv=cp_conv(rank=0.5)" in defaults and "first_level_conv=dense" in defaults
     bad = _lowrank("show", "lowrank_resunet(chanels=[4, 8])")
@@ -224,7 +271,8 @@ def test_docs_reference_page_shows_the_base_and_effective_defaults():
     assert "A preset of :ref:`resunet <net-resunet>`" in section
     assert "``resunet(conv=cp_conv(rank=0.5), first_level_conv=dense)``" in section
     assert "``cp_conv(rank=0.5)``" in section  # the effective default in the keyword table
-    assert "``block``" not in page.split(".. _net-unet:")[1].split(".. autoclass::")[0]  # fixed: not a keyword
+    unet = page.split(".. _net-unet:")[1].split(".. autoclass::")[0]
+    assert "``block``" not in unet  # fixed: not a keyword
 
 
 def test_paper_specs_unchanged():
