@@ -32,6 +32,7 @@ import math
 from typing import Literal
 
 import torch
+from monai.networks.layers.factories import Conv
 from torch import nn
 
 from ..build import LayerSpec, SolverSpec, build_solver
@@ -39,8 +40,6 @@ from ..norm_act import make_act, make_norm
 from ..registry import register
 
 __all__ = ["Hamburger", "HamApply", "layer"]
-
-_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 def layer(spec: LayerSpec, *, kind: Literal["norm", "act"], spatial_dims: int, channels: int) -> nn.Module:
@@ -62,7 +61,7 @@ def layer(spec: LayerSpec, *, kind: Literal["norm", "act"], spatial_dims: int, c
 
 
 def _conv(spatial_dims: int, cin: int, cout: int, bias: bool = True) -> nn.Module:
-    return _CONVS[spatial_dims](cin, cout, kernel_size=1, bias=bias)
+    return Conv[Conv.CONV, spatial_dims](cin, cout, kernel_size=1, bias=bias)
 
 
 def _needs_nonnegative(ham: nn.Module) -> bool:
@@ -169,7 +168,7 @@ class Hamburger(nn.Module):
         out_act: LayerSpec = None,
     ):
         super().__init__()
-        if spatial_dims not in _CONVS:
+        if spatial_dims not in (1, 2, 3):
             raise ValueError(f"hamburger: spatial_dims must be 1, 2 or 3, got {spatial_dims}")
         for name, value in (("channels", channels), ("dim", dim), ("heads", heads)):
             if not isinstance(value, int) or value < 1:
