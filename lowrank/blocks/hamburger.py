@@ -38,6 +38,7 @@ from torch import nn
 from ..build import LayerSpec, SolverSpec, build_solver
 from ..norm_act import make_act, make_norm
 from ..registry import register
+from ..solvers.base import Factorization
 
 __all__ = ["Hamburger", "HamApply", "layer"]
 
@@ -66,7 +67,7 @@ def _conv(spatial_dims: int, cin: int, cout: int, bias: bool = True) -> nn.Modul
 
 def _needs_nonnegative(ham: nn.Module) -> bool:
     """Whether a solver factorizes with non-negative factors (its ``nonnegative`` flag: NMF)."""
-    return bool(getattr(ham, "nonnegative", False))
+    return isinstance(ham, Factorization) and ham.nonnegative
 
 
 class HamApply(nn.Module):
@@ -90,9 +91,8 @@ class HamApply(nn.Module):
         self.spatial = spatial
         # the spatial view's matrices have channels/heads rows, known now: size the ham's init
         # tables at build (the channel view's rows are voxels, known at the first call only)
-        set_rows = getattr(ham, "set_rows", None)
-        if spatial and channels is not None and callable(set_rows):
-            set_rows(channels // heads)
+        if spatial and channels is not None and isinstance(ham, Factorization):
+            ham.set_rows(channels // heads)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, spatial={self.spatial}"

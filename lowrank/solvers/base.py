@@ -184,6 +184,23 @@ class Factorization(nn.Module):
                 "or another init (online, uniform, random)"
             )
 
+    def rank1_factors(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+        """Optional capability: without gradient, the rank-1 output as factors ``(u, w)``.
+
+        Families with a rank-1 path (``nmf``) override it to return ``u (*batch, M)`` and
+        ``w (*batch, N)`` with ``u wᵀ == self(x, mask)``, so a windowed matricizer can fold them
+        back without the ``(M, N)`` product. The default declines (``None``): callers then run
+        :meth:`forward`. Declared here so that blocks never probe for it with ``getattr``.
+
+        Args:
+            x: ``(*batch, M, N)``.
+            mask: ``(*batch, N)`` bool or ``None``.
+
+        Returns:
+            ``(u, w)``, or ``None`` when the layer has no factor path for this call.
+        """
+        return None
+
     def set_rows(self, rows: int | None) -> None:
         """Tell the layer the row count ``M`` of the matrices it will see (``None``: unknown).
 
