@@ -23,6 +23,7 @@ import difflib
 import fnmatch
 import functools
 import inspect
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "get_part_info",
     "did_you_mean",
     "check_input",
+    "inherit_signature",
 ]
 
 #: The kinds of part, with a one-line description each (used by ``lowrank list`` and the docs).
@@ -173,8 +175,56 @@ def _checked_forward(forward: Callable[..., Any], info: PartInfo) -> Callable[..
     return checked
 
 
+def _hands_on(init: Any) -> bool:
+    """Whether a constructor ends in ``**shared`` (keywords it hands on to its base class)."""
+    params = inspect.signature(init).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def inherit_signature(cls: type) -> None:
+    """Give ``cls.__init__(self, *, own..., **shared)`` its base's keywords as its signature.
+
+    A part whose constructor declares only its own keywords (and those whose default it changes)
+    and hands ``**shared`` to ``super().__init__`` gets the signature: its positional parameters,
+    the base constructor's keywords in the base's order (its own re-declarations in place), then
+    its new keywords. The builder, the docs and ``lowrank show`` read that signature, so the
+    shared keywords are validated (types, ranges, "did you mean") as if written out. Applied by
+    :func:`register` to every registered class, and first to unregistered bases in between.
+
+    Args:
+        cls: a class whose own ``__init__`` ends in ``**shared`` (others are left unchanged).
+    """
+    owner = next(b for b in cls.__mro__ if "__init__" in vars(b))
+    init = vars(owner)["__init__"]
+    if inspect.unwrap(init) in (torch.nn.Module.__init__, object.__init__):
+        return  # no constructor of its own
+    if owner is not cls:  # inherited: the constructor's class gets the signature
+        inherit_signature(owner)
+        return
+    if getattr(init, "__signature__", None) is not None or not _hands_on(init):
+        return
+    base = next(b for b in cls.__mro__[1:] if "__init__" in vars(b))
+    inherit_signature(base)
+    own = inspect.signature(init)
+    hints = {**typing.get_type_hints(base.__init__, include_extras=True)}
+    hints.update(typing.get_type_hints(init, include_extras=True))
+    params = list(own.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keywords = {p.name: p for p in params if p.kind is p.KEYWORD_ONLY}
+    taken = {p.name for p in positional}
+    inherited = [
+        keywords.pop(p.name, p.replace(kind=p.KEYWORD_ONLY))
+        for i, p in enumerate(inspect.signature(base.__init__).parameters.values())
+        if i > 0 and p.name not in taken and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    composed = [*positional, *inherited, *keywords.values()]
+    init.__signature__ = own.replace(parameters=composed)
+    init.__annotations__ = {p.name: hints[p.name] for p in composed if p.name in hints}
+
+
 def _record_spec(cls: type) -> None:
     """Wrap ``cls.__init__`` so that each instance remembers the spec it was built from."""
+    inherit_signature(cls)
     original_init = cls.__init__
     signature = inspect.signature(original_init)
 

@@ -280,3 +280,71 @@ def test_paper_specs_unchanged():
     assert SwinFactorizer is get_part_info("net", "swin_factorizer").obj
     net = build_net("swin_factorizer(deep_supervision=3)", 4, 3)
     assert sum(p.numel() for p in net.parameters()) == 5_856_233
+
+
+# ------------------------------------------- solvers: shared keywords follow to the base class
+SOLVERS = ["nmf", "ham_nmf", "semi_nmf", "weak_nmf", "vq", "cd"]
+SHARED = ["rank", "iters", "eval_iters", "init", "grad_steps", "eps", "fp32", "return_factors"]
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_solvers_take_the_shared_keywords_in_their_signature(name):
+    import inspect
+
+    from lowrank.validate import signature_of
+
+    signature, hints = signature_of(get_part_info("solver", name).obj)
+    params = signature.parameters
+    assert all(k in params and k in hints for k in SHARED), name
+    assert not any(p.kind is p.VAR_KEYWORD for p in params.values())  # validated, not open-ended
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for k, p in params.items() if k != "self")
+
+
+def test_a_solver_keeps_its_own_defaults_of_shared_keywords():
+    from lowrank import build_solver
+
+    ham = build_solver("ham_nmf")
+    assert (ham.iters, ham.grad_steps, type(ham.init).__name__) == (6, 1, "RandomTrainInit")
+    assert (build_solver("nmf").iters, build_solver("nmf").grad_steps) == (5, None)
+    cd = build_solver("cd(eval_iters=7, fp32=false)")
+    assert (cd.iters, cd.eval_iters, cd.fp32, cd.grad_steps) == (6, 7, False, 1)
+    assert str(cd.spec) == "cd(eval_iters=7, fp32=false)"
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "words", "at"),
+    [
+        (
+            "ham_nmf(iter=3)",
+            SpecKeywordError,
+            ["ham_nmf() has no keyword 'iter'", "did you mean 'iters'"],
+            "iter=",
+        ),
+        ("cd(eps=-1.0)", SpecError, ["cd(eps=...)", "> 0"], "-1.0"),
+        ("semi_nmf(fp32=3)", SpecError, ["semi_nmf(fp32=...) expects true or false"], "3"),
+        ("weak_nmf(init=onlin)", SpecError, ["unknown init 'onlin'", "did you mean 'online'"], "onlin"),
+        ("vq(return_factor=true)", SpecKeywordError, ["did you mean 'return_factors'"], "return_factor="),
+        ("nmf(grad_steps=0)", SpecError, ["grad_steps must be >= 1"], "0"),
+    ],
+)
+def test_shared_keywords_are_validated_with_carets(spec, error, words, at):
+    from lowrank import build_solver
+
+    with pytest.raises(error) as info:
+        build_solver(spec)
+    for word in words:
+        assert word in info.value.message
+    assert _caret(info.value).startswith(at)
+
+
+def test_docs_describe_the_shared_keywords_of_every_solver():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "_ext"))
+    from lowrank_docs.reference import _part_descriptions
+
+    for name in SOLVERS:
+        descriptions = _part_descriptions(get_part_info("solver", name).obj)
+        assert all(descriptions.get(k) for k in SHARED), name
+    assert (
+        "Hamburger's one-step gradient"
+        in _part_descriptions(get_part_info("solver", "ham_nmf").obj)["grad_steps"]
+    )

@@ -123,7 +123,8 @@ class Factorization(nn.Module):
     See the module docstring for what the base does and what a family supplies.
 
     Args:
-        rank: the rank R, an int, or a float compression ratio (see :func:`resolve_rank`).
+        rank: the rank R, an int, or a float compression ratio (see
+            :func:`~lowrank.solvers.base.resolve_rank`).
         iters: iterations T in training.
         eval_iters: iterations in eval mode (default ``iters``); an inference-time speed knob.
         init: the init part spec (kind ``init``), built with the context ``rank``.
