@@ -382,8 +382,8 @@ class Factorization(nn.Module):
         return out
 
     #: on CPU, the batch is processed in chunks of about this many bytes (the working set of
-    #: the many passes of an iteration then stays in the caches; measured 1.8× faster for HALS
-    #: rank 8 on (4096, 8, 512)). Paths with their own blocking (NMF rank 1) opt out.
+    #: the many passes of an iteration then stays in the caches). Paths with their own
+    #: blocking (NMF rank 1) opt out.
     chunk_bytes: int = 8 << 20
 
     def _chunk_rows(self, x: Tensor, dtype: torch.dtype, rank: int) -> int:
