@@ -20,6 +20,7 @@ from .build import (
 )
 from .controls import component_maps, iters_override, set_iters, skip_mixers, stage_names
 from .kernels import use_kernels
+from .preset import register_preset
 from .registry import KINDS, get_part, list_parts, register
 from .solvers.rank_selection import select_rank
 from .spec import Spec, SpecError, SpecKeywordError, parse_spec
@@ -44,6 +45,7 @@ __all__ = [
     "list_parts",
     "parse_spec",
     "register",
+    "register_preset",
     "select_rank",
     "set_iters",
     "skip_mixers",

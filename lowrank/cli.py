@@ -7,6 +7,9 @@ Examples::
     lowrank list solvers
     lowrank show "factorizer(matricize=swin(patch=4, head_dim=8))" --channels 32 --size 16 16 16
     lowrank show swin_factorizer --in-channels 4 --out-channels 3 --size 64 64 64
+
+``list`` prints a preset's definition under its summary (``= resunet(conv=...)``); ``show``
+prints the part's effective defaults and, for a preset, its base and overrides.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import sys
 from collections.abc import Sequence
 
 from .export import add_export_command
+from .preset import effective_defaults, preset_spec
 from .registry import KINDS, get_part_info, list_parts
-from .spec import SpecError
+from .spec import Spec, SpecError
 from .train.cli import add_commands as add_train_commands
 
 __all__ = ["main", "build_parser"]
@@ -55,6 +59,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             alias = f" (alias: {', '.join(info.aliases)})" if info.aliases else ""
             summary = info.summary.replace("``", "")
             print(f"  {name:<{width}}  {summary}{alias}")
+            if info.base is not None:
+                print(f"  {'':<{width}}    = {preset_spec(info)}")
         print()
     return 0
 
@@ -102,8 +108,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
         channels = args.channels or args.in_channels
         module = build("block", spec, channels=channels, spatial_dims=dims)
     n_params = sum(p.numel() for p in module.parameters())
+    info = get_part_info(kind, spec.name)
     print(f"spec:       {getattr(module, 'spec', spec)}")
     print(f"kind:       {kind} ({type(module).__module__}.{type(module).__qualname__})")
+    if info.base is not None:
+        print(f"preset:     {info.name} = {preset_spec(info)}")
+    defaults = effective_defaults(info.obj, kind)
+    print(f"defaults:   {Spec(info.name, defaults) if defaults else '(none)'}")
     print(f"parameters: {n_params:,}")
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, channels, *args.size, generator=generator)

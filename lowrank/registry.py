@@ -5,6 +5,12 @@ initialization, a matricizer, a block, a convolution, a net) is a *part*: a clas
 factory registered under a *kind* and a *name*. Config strings name parts; the
 registry turns names into objects.
 
+A part that only changes another part's defaults is a *preset*
+(:func:`lowrank.preset.register_preset`): its entry records the base part's name
+(:attr:`PartInfo.base`) and the overrides (:attr:`PartInfo.defaults`, :attr:`PartInfo.fixed`),
+and its class takes the base's keywords with the merged defaults, so the builder validates it
+like any part.
+
 Example:
     >>> from lowrank import list_parts
     >>> "nmf" in list_parts("solver")
@@ -17,7 +23,8 @@ import difflib
 import fnmatch
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +42,7 @@ __all__ = [
     "get_part_info",
     "did_you_mean",
     "check_input",
+    "inherit_signature",
 ]
 
 #: The kinds of part, with a one-line description each (used by ``lowrank list`` and the docs).
@@ -62,6 +70,10 @@ class PartInfo:
         dtypes: floating dtypes the part supports.
         test_spec: a small spec the contract test suite builds and runs (defaults to the name).
         test_size: the spatial size per axis of the contract suite's input.
+        module: the module that defines the part.
+        base: for a preset, the name of its base part (same kind); ``None`` otherwise.
+        defaults: for a preset, the defaults it gives the base's keywords.
+        fixed: for a preset, the base's keywords it sets itself (not in its signature).
     """
 
     kind: str
@@ -73,6 +85,9 @@ class PartInfo:
     test_spec: str | None = None
     test_size: int = 16
     module: str = field(default="", compare=False)
+    base: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    fixed: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def summary(self) -> str:
@@ -160,8 +175,56 @@ def _checked_forward(forward: Callable[..., Any], info: PartInfo) -> Callable[..
     return checked
 
 
+def _hands_on(init: Any) -> bool:
+    """Whether a constructor ends in ``**shared`` (keywords it hands on to its base class)."""
+    params = inspect.signature(init).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def inherit_signature(cls: type) -> None:
+    """Give ``cls.__init__(self, *, own..., **shared)`` its base's keywords as its signature.
+
+    A part whose constructor declares only its own keywords (and those whose default it changes)
+    and hands ``**shared`` to ``super().__init__`` gets the signature: its positional parameters,
+    the base constructor's keywords in the base's order (its own re-declarations in place), then
+    its new keywords. The builder, the docs and ``lowrank show`` read that signature, so the
+    shared keywords are validated (types, ranges, "did you mean") as if written out. Applied by
+    :func:`register` to every registered class, and first to unregistered bases in between.
+
+    Args:
+        cls: a class whose own ``__init__`` ends in ``**shared`` (others are left unchanged).
+    """
+    owner = next(b for b in cls.__mro__ if "__init__" in vars(b))
+    init = vars(owner)["__init__"]
+    if inspect.unwrap(init) in (torch.nn.Module.__init__, object.__init__):
+        return  # no constructor of its own
+    if owner is not cls:  # inherited: the constructor's class gets the signature
+        inherit_signature(owner)
+        return
+    if getattr(init, "__signature__", None) is not None or not _hands_on(init):
+        return
+    base = next(b for b in cls.__mro__[1:] if "__init__" in vars(b))
+    inherit_signature(base)
+    own = inspect.signature(init)
+    hints = {**typing.get_type_hints(base.__init__, include_extras=True)}
+    hints.update(typing.get_type_hints(init, include_extras=True))
+    params = list(own.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keywords = {p.name: p for p in params if p.kind is p.KEYWORD_ONLY}
+    taken = {p.name for p in positional}
+    inherited = [
+        keywords.pop(p.name, p.replace(kind=p.KEYWORD_ONLY))
+        for i, p in enumerate(inspect.signature(base.__init__).parameters.values())
+        if i > 0 and p.name not in taken and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    composed = [*positional, *inherited, *keywords.values()]
+    init.__signature__ = own.replace(parameters=composed)
+    init.__annotations__ = {p.name: hints[p.name] for p in composed if p.name in hints}
+
+
 def _record_spec(cls: type) -> None:
     """Wrap ``cls.__init__`` so that each instance remembers the spec it was built from."""
+    inherit_signature(cls)
     original_init = cls.__init__
     signature = inspect.signature(original_init)
 
@@ -213,6 +276,9 @@ def register(
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
     test_spec: str | None = None,
     test_size: int = 16,
+    base: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> Callable[[Any], Any]:
     """Register a class or factory as a part of ``kind``.
 
@@ -224,6 +290,8 @@ def register(
         dtypes: supported floating dtypes.
         test_spec: a small spec for the contract test suite (defaults to the bare name).
         test_size: spatial size per axis of the contract test input.
+        base, defaults, fixed: a preset's entry (set by :func:`lowrank.preset.register_preset`,
+            which also makes the class; not given directly).
 
     Returns:
         A decorator that registers its argument and returns it unchanged (classes that are
@@ -255,6 +323,9 @@ def register(
             test_spec=test_spec,
             test_size=test_size,
             module=getattr(obj, "__module__", ""),
+            base=base,
+            defaults=dict(defaults or {}),
+            fixed=dict(fixed or {}),
         )
         _REGISTRY[kind][part_name] = info
         for alias in aliases:

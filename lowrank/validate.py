@@ -119,6 +119,8 @@ def validate(kind: str, spec: Spec) -> Spec:
             takes = f"accepted: {', '.join(options)}" if options else f"{info.name}() takes no arguments"
             if kind == "update" and not options:
                 takes += " (eps and iters belong to the solver, e.g. nmf(update=hals, eps=1e-6))"
+            if key in info.fixed:  # a preset pins it: say where it can be chosen
+                takes = f"this preset of {info.base} fixes {key} (set it in {info.base}(...)); {takes}"
             raise spec.error(
                 f"{info.name}() has no keyword {key!r};{did_you_mean(key, accepted)} {takes}{caller_note}",
                 key,

@@ -112,6 +112,8 @@ DEFAULTS_3_LEVELS = {
     "swin_factorizer": f"swin_factorizer({_F3}, patch=4)",
     "local_factorizer": f"local_factorizer({_F3}, patch=4)",
     "global_factorizer": f"global_factorizer({_F3})",
+    "factorizer_net": f"factorizer_net({_F3}, matricize=local, patch=4)",
+    "conv_unet": "conv_unet(channels=[4, 8, 16], block=residual, down=maxpool, up_kernel=3)",
     "unet": "unet(channels=[4, 8, 16])",
     "resunet": "resunet(channels=[4, 8, 16])",
     "pre_unet": "pre_unet(channels=[4, 8, 16])",

@@ -39,8 +39,9 @@ import torch
 from torch import nn
 
 from ..build import LayerSpec, MatricizeSpec, SolverSpec, build_matricize, build_solver
-from ..matricize.base import Matricize
+from ..matricize.base import Matricize, MatricizeContext
 from ..registry import register
+from ..solvers.base import Factorization
 from ._fused_mlp import fused_mlp
 from ._layers import ChannelLayerNorm, PointwiseConv, channel_standardize, make_act, make_norm, pointwise
 
@@ -71,9 +72,8 @@ def _matrix_rows(matricize: nn.Module, channels: int) -> int | None:
 
 def _pass_rows(solver: nn.Module, rows: int | None) -> None:
     """Size the solver's init tables for ``rows``-row matrices now (see ``Factorization.set_rows``)."""
-    set_rows = getattr(solver, "set_rows", None)
-    if rows is not None and callable(set_rows):
-        set_rows(rows)
+    if rows is not None and isinstance(solver, Factorization):
+        solver.set_rows(rows)
 
 
 def _inactive(drop: nn.Dropout) -> bool:
@@ -210,13 +210,13 @@ class Factorizer(nn.Module):
         # back, so the (B', M, N) product is never formed; lazy windows reach the mixer a
         # cache-sized chunk at a time, so no window tensor exists either
         fold = self._inference_fold()
-        lazy = getattr(self.matricize, "lazy", None) if fold else None
+        lazy = self.matricize.lazy if fold else None
         if lazy is not None:
             matrices = lazy(h)
             ctx = matrices.ctx
         else:
             matrices, ctx = self.matricize(h)
-        mask = getattr(ctx, "mask", None)
+        mask = ctx.mask if isinstance(ctx, MatricizeContext) else None
         factors = self.mixer.rank1_factors(matrices, mask) if fold else None
         if factors is not None:
             return self.matricize.inverse_rank1(*factors, ctx)
@@ -234,8 +234,9 @@ class Factorizer(nn.Module):
             not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
             and not hooked
-            and getattr(self.mixer, "rank1_factors", None) is not None
-            and getattr(self.matricize, "inverse_rank1", None) is not None
+            and isinstance(self.matricize, Matricize)
+            and isinstance(self.mixer, Factorization)
+            and type(self.mixer).rank1_factors is not Factorization.rank1_factors  # has the capability
         )
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:

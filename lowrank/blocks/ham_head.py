@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers.factories import Conv
 from torch import nn
 
 from ..build import BlockSpec, LayerSpec, as_spec, build_block
@@ -31,7 +32,6 @@ from .hamburger import layer
 
 __all__ = ["HamHead", "resize_to", "DEFAULT_HAMBURGER"]
 
-_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 #: The light Ham head's Hamburger (SegNeXt): ``relu(x + norm(conv(nmf(relu(conv(x))))))``.
@@ -49,7 +49,7 @@ def resize_to(x: torch.Tensor, size: Sequence[int], align_corners: bool = False)
 
 def _conv_norm_act(spatial_dims: int, cin: int, cout: int, norm: LayerSpec, act: LayerSpec) -> nn.Sequential:
     return nn.Sequential(
-        _CONVS[spatial_dims](cin, cout, kernel_size=1, bias=norm is None),
+        Conv[Conv.CONV, spatial_dims](cin, cout, kernel_size=1, bias=norm is None),
         layer(norm, kind="norm", spatial_dims=spatial_dims, channels=cout),
         layer(act, kind="act", spatial_dims=spatial_dims, channels=cout),
     )
@@ -99,7 +99,7 @@ class HamHead(nn.Module):
             raise ValueError(
                 f"ham_head: in_channels must be a non-empty list of positive ints, got {in_channels}"
             )
-        if spatial_dims not in _CONVS:
+        if spatial_dims not in (1, 2, 3):
             raise ValueError(f"ham_head: spatial_dims must be 1, 2 or 3, got {spatial_dims}")
         for name, value in (
             ("out_channels", out_channels),
@@ -119,7 +119,7 @@ class HamHead(nn.Module):
         self.hamburger = build_block(spec, ham_channels, spatial_dims=spatial_dims)
         self.align = _conv_norm_act(spatial_dims, ham_channels, channels, norm, act)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.cls = _CONVS[spatial_dims](channels, out_channels, kernel_size=1)
+        self.cls = Conv[Conv.CONV, spatial_dims](channels, out_channels, kernel_size=1)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Decode ``features`` (finest first) into logits at the finest level's size."""

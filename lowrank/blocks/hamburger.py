@@ -32,15 +32,15 @@ import math
 from typing import Literal
 
 import torch
+from monai.networks.layers.factories import Conv
 from torch import nn
 
 from ..build import LayerSpec, SolverSpec, build_solver
 from ..norm_act import make_act, make_norm
 from ..registry import register
+from ..solvers.base import Factorization
 
 __all__ = ["Hamburger", "HamApply", "layer"]
-
-_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 def layer(spec: LayerSpec, *, kind: Literal["norm", "act"], spatial_dims: int, channels: int) -> nn.Module:
@@ -62,12 +62,12 @@ def layer(spec: LayerSpec, *, kind: Literal["norm", "act"], spatial_dims: int, c
 
 
 def _conv(spatial_dims: int, cin: int, cout: int, bias: bool = True) -> nn.Module:
-    return _CONVS[spatial_dims](cin, cout, kernel_size=1, bias=bias)
+    return Conv[Conv.CONV, spatial_dims](cin, cout, kernel_size=1, bias=bias)
 
 
 def _needs_nonnegative(ham: nn.Module) -> bool:
     """Whether a solver factorizes with non-negative factors (its ``nonnegative`` flag: NMF)."""
-    return bool(getattr(ham, "nonnegative", False))
+    return isinstance(ham, Factorization) and ham.nonnegative
 
 
 class HamApply(nn.Module):
@@ -91,9 +91,8 @@ class HamApply(nn.Module):
         self.spatial = spatial
         # the spatial view's matrices have channels/heads rows, known now: size the ham's init
         # tables at build (the channel view's rows are voxels, known at the first call only)
-        set_rows = getattr(ham, "set_rows", None)
-        if spatial and channels is not None and callable(set_rows):
-            set_rows(channels // heads)
+        if spatial and channels is not None and isinstance(ham, Factorization):
+            ham.set_rows(channels // heads)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, spatial={self.spatial}"
@@ -169,7 +168,7 @@ class Hamburger(nn.Module):
         out_act: LayerSpec = None,
     ):
         super().__init__()
-        if spatial_dims not in _CONVS:
+        if spatial_dims not in (1, 2, 3):
             raise ValueError(f"hamburger: spatial_dims must be 1, 2 or 3, got {spatial_dims}")
         for name, value in (("channels", channels), ("dim", dim), ("heads", heads)):
             if not isinstance(value, int) or value < 1:

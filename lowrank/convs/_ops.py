@@ -8,8 +8,8 @@ backward, so no transposing copy is ever made.
 ``depthwise_axis_conv``: a depthwise convolution along one spatial axis.
 
 oneDNN runs a depthwise convolution with a ``(k, 1, 1)`` kernel on a channels-last tensor fast
-in the forward pass but its backward is several times slower than the forward (measured on
-x86 CPUs with torch 2.13). Here the input gradient is itself a depthwise convolution (the
+in the forward pass but not in the backward (no fast kernel for its gradients on x86 CPUs with
+torch 2.13). Here the input gradient is itself a depthwise convolution (the
 flipped kernel for stride 1, a transposed convolution otherwise) and the kernel gradient is ``k``
 multiply-and-reduce passes over the overlapping ranges of the input and the output gradient,
 never materializing a padded copy.

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from monai.networks.layers.factories import Conv
 from torch import nn
 
 from ..kernels import convolution
 from ..registry import register
 
 __all__ = ["DenseConv"]
-
-_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 @register("conv", "dense", aliases=("conv",))
@@ -47,9 +46,9 @@ class DenseConv(nn.Module):
         spatial_dims: int = 3,
     ):
         super().__init__()
-        if spatial_dims not in _CONVS:
+        if spatial_dims not in (1, 2, 3):
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
-        self.conv = _CONVS[spatial_dims](
+        self.conv = Conv[Conv.CONV, spatial_dims](
             in_channels,
             out_channels,
             kernel_size,

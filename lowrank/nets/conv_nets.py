@@ -19,6 +19,9 @@ nets); the papers' configurations set it in their specs (:data:`lowrank.nets.pre
 
 Every 3×3×3 conv of the blocks (and the stem) is built from ``conv`` (``"dense"`` by default).
 
+The three are presets (:mod:`lowrank.preset`) of ``conv_unet``, which takes the block type,
+stem, downsampling and up-kernel as keywords; ``lowrank_resunet`` is a preset of ``resunet``.
+
 Example:
     >>> import torch
     >>> from lowrank import build_net
@@ -30,13 +33,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from ..build import ConvSpec, LayerSpec
+from ..preset import register_preset
 from ..registry import register
 from ..spec import Spec
 from .skeleton import DEEP_SUPERVISION_RULE, UNetSkeleton
 
-__all__ = ["UNet", "ResUNet", "PreUNet"]
+__all__ = ["ConvUNet", "UNet", "ResUNet", "PreUNet"]
 
 _GROUP8 = ("group", {"group_size": 8})
 _LEAKY = ("leakyrelu", {"negative_slope": 0.01})
@@ -54,22 +59,29 @@ def _block(name: str, norm, act, dropout: float) -> Spec:
     return Spec(name, {"norm": _layer(norm), "act": _layer(act), "dropout": dropout})
 
 
-@register("net", "unet", test_spec=f"unet({_SMALL})", test_size=8)
-class UNet(UNetSkeleton):
-    """U-Net (nnU-Net-style baseline of the Factorizer paper and thesis ch. 6).
+@register("net", "conv_unet", test_spec=f"conv_unet({_SMALL})", test_size=8)
+class ConvUNet(UNetSkeleton):
+    """Convolutional U-Net, one block type throughout (the base of ``unet``, ``resunet``, ``pre_unet``).
 
     Args:
         in_channels: input channels.
         out_channels: output channels.
         spatial_dims: 1, 2 or 3.
         channels: widths per level, highest resolution first.
-        conv: conv spec of the stem and every 3×3×3 block conv.
-        first_level_conv: conv spec at level 0 instead of ``conv`` (``None``: same).
-        norm: MONAI norm spec (GroupNorm with 8 channels per group).
-        act: MONAI activation spec (LeakyReLU(0.01)).
+        block: the block of every stage: ``double_conv`` (conv, norm, act, twice),
+            ``residual`` (the same with a 1×1 shortcut) or ``preact_residual`` (norm → act →
+            conv, twice, + shortcut).
+        stem: start with a 3×3×3 conv ``in_channels → C_0``.
+        down: ``"conv"`` (2×2×2 strided conv) or ``"maxpool"``.
+        up_kernel: transposed-conv kernel; ``None`` = the stride (2×2×2), an odd int (e.g. 3)
+            pads to keep exact doubling.
+        conv: conv spec of the stem and every 3×3×3 block conv (e.g. ``cp_conv(rank=0.5)``).
+        first_level_conv: conv spec at level 0 instead of ``conv`` (``None``: same); keeps the
+            first level dense when ``conv`` is low-rank.
+        norm: MONAI norm spec of the blocks.
+        act: MONAI activation spec of the blocks.
         deep_supervision: heads at the highest resolutions: 1 (default) = none, one tensor
-            out; 3 in the paper (``unet(deep_supervision=3)``); at most ``len(channels) - 1``
-            (clamped).
+            out; ``k > 1`` a list in training; at most ``len(channels) - 1`` (clamped).
         dropout: dropout inside each block.
         strides: downsampling strides (default 2 per level).
 
@@ -89,6 +101,10 @@ class UNet(UNetSkeleton):
         *,
         spatial_dims: int = 3,
         channels: Sequence[int] = (32, 64, 128, 256, 512),
+        block: Literal["double_conv", "residual", "preact_residual"] = "double_conv",
+        stem: bool = True,
+        down: Literal["conv", "maxpool"] = "conv",
+        up_kernel: int | None = None,
         conv: ConvSpec = "dense",
         first_level_conv: ConvSpec | None = None,
         norm: LayerSpec = _GROUP8,
@@ -102,127 +118,48 @@ class UNet(UNetSkeleton):
             out_channels,
             spatial_dims=spatial_dims,
             channels=channels,
-            block=_block("double_conv", norm, act, dropout),
+            block=_block(block, norm, act, dropout),
             strides=strides,
-            stem=True,
-            down="conv",
+            stem=stem,
+            down=down,
+            up_kernel=up_kernel,
             conv=conv,
             first_level_conv=first_level_conv,
             deep_supervision=min(deep_supervision, max(1, len(channels) - 1)),
         )
 
 
-@register("net", "resunet", aliases=("res_unet",), test_spec=f"resunet({_SMALL})", test_size=8)
-class ResUNet(UNetSkeleton):
+@register_preset("unet", fixed={"block": "double_conv", "stem": True, "down": "conv", "up_kernel": None})
+class UNet(ConvUNet):
+    """U-Net (nnU-Net-style baseline of the Factorizer paper and thesis ch. 6).
+
+    GroupNorm (8 channels per group) + LeakyReLU(0.01), widths 32…512; the paper's net is
+    ``unet(deep_supervision=3)``.
+    """
+
+
+@register_preset(
+    "resunet",
+    aliases=("res_unet",),
+    fixed={"block": "residual", "stem": False, "down": "maxpool", "up_kernel": 3},
+    defaults={"channels": (60, 120, 240, 480, 960), "norm": "instance"},
+)
+class ResUNet(ConvUNet):
     """Res-U-Net of thesis ch. 8 (92.2M parameters dense at F = 60, 4 → 4 channels).
 
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        spatial_dims: 1, 2 or 3.
-        channels: widths per level (F, 2F, …, 16F with F = 60).
-        conv: conv spec of every 3×3×3 block conv (e.g. ``cp_conv(rank=0.5)``).
-        first_level_conv: conv spec of the level-0 blocks instead of ``conv`` (the thesis keeps
-            the first level dense: ``first_level_conv=dense``).
-        norm: MONAI norm spec (InstanceNorm).
-        act: MONAI activation spec (LeakyReLU(0.01)).
-        deep_supervision: heads at the highest resolutions: 1 (default, the thesis's) = none,
-            one tensor out; ``k > 1`` a list in training.
-        dropout: dropout inside each block.
-        strides: max-pooling strides (default 2 per level).
-
-    Shapes:
-        See :class:`~lowrank.nets.skeleton.UNetSkeleton`.
-
-    Note:
-        {rule}
+    Residual blocks with InstanceNorm + LeakyReLU(0.01), max-pool down, 3×3×3 transposed-conv
+    up, widths F…16F with F = 60, one head (the thesis's).
     """
 
-    __doc__ = __doc__.replace("{rule}", DEEP_SUPERVISION_RULE)
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        spatial_dims: int = 3,
-        channels: Sequence[int] = (60, 120, 240, 480, 960),
-        conv: ConvSpec = "dense",
-        first_level_conv: ConvSpec | None = None,
-        norm: LayerSpec = "instance",
-        act: LayerSpec = _LEAKY,
-        deep_supervision: int = 1,
-        dropout: float = 0.0,
-        strides: Sequence[int | Sequence[int]] | None = None,
-    ):
-        super().__init__(
-            in_channels,
-            out_channels,
-            spatial_dims=spatial_dims,
-            channels=channels,
-            block=_block("residual", norm, act, dropout),
-            strides=strides,
-            stem=False,
-            down="maxpool",
-            up_kernel=3,
-            conv=conv,
-            first_level_conv=first_level_conv,
-            deep_supervision=min(deep_supervision, max(1, len(channels) - 1)),
-        )
-
-
-@register("net", "pre_unet", aliases=("preunet",), test_spec=f"pre_unet({_SMALL})", test_size=8)
-class PreUNet(UNetSkeleton):
+@register_preset(
+    "pre_unet",
+    aliases=("preunet",),
+    fixed={"block": "preact_residual", "stem": True, "down": "conv", "up_kernel": None},
+)
+class PreUNet(ConvUNet):
     """Pre-U-Net of thesis ch. 6: pre-activation residual blocks (deep supervision at 3 levels there).
 
-    Args:
-        in_channels: input channels (2 in the thesis: two FLAIR time points).
-        out_channels: output channels.
-        spatial_dims: 1, 2 or 3.
-        channels: widths per level.
-        conv: conv spec of the stem and every 3×3×3 block conv.
-        first_level_conv: conv spec at level 0 instead of ``conv``.
-        norm: MONAI norm spec (GroupNorm with 8 channels per group).
-        act: MONAI activation spec (LeakyReLU(0.01)).
-        deep_supervision: heads at the highest resolutions: 1 (default) = none, one tensor
-            out; 3 in the thesis (``pre_unet(deep_supervision=3)``).
-        dropout: dropout inside each block.
-        strides: downsampling strides.
-
-    Shapes:
-        See :class:`~lowrank.nets.skeleton.UNetSkeleton`.
-
-    Note:
-        {rule}
+    GroupNorm (8 channels per group) → LeakyReLU(0.01) → conv, twice, + shortcut; the thesis's
+    net is ``pre_unet(deep_supervision=3)`` (2 input channels: two FLAIR time points).
     """
-
-    __doc__ = __doc__.replace("{rule}", DEEP_SUPERVISION_RULE)
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        spatial_dims: int = 3,
-        channels: Sequence[int] = (32, 64, 128, 256, 512),
-        conv: ConvSpec = "dense",
-        first_level_conv: ConvSpec | None = None,
-        norm: LayerSpec = _GROUP8,
-        act: LayerSpec = _LEAKY,
-        deep_supervision: int = 1,
-        dropout: float = 0.0,
-        strides: Sequence[int | Sequence[int]] | None = None,
-    ):
-        super().__init__(
-            in_channels,
-            out_channels,
-            spatial_dims=spatial_dims,
-            channels=channels,
-            block=_block("preact_residual", norm, act, dropout),
-            strides=strides,
-            stem=True,
-            down="conv",
-            conv=conv,
-            first_level_conv=first_level_conv,
-            deep_supervision=min(deep_supervision, max(1, len(channels) - 1)),
-        )

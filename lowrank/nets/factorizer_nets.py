@@ -13,6 +13,9 @@ head dimension 8, patch 8, NMF rank 1 with 5 iterations, MLP ratio 2, position e
 deep_supervision=3`` (2 → 1 channels: 7,372,515). Both are in
 :data:`lowrank.nets.presets.PAPER_SPECS`.
 
+The three nets are presets (:mod:`lowrank.preset`) of ``factorizer_net``, which takes the
+matricizer (``swin``, ``local`` or ``global``) as a keyword.
+
 Example:
     >>> import torch
     >>> from lowrank import build_net
@@ -24,98 +27,41 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Literal
 
 from ..build import BlockSpec
+from ..preset import register_preset
 from ..registry import register
 from ..spec import Spec
 from .skeleton import DEEP_SUPERVISION_RULE, UNetSkeleton
 
-__all__ = ["SwinFactorizer", "LocalFactorizer", "GlobalFactorizer"]
+__all__ = ["FactorizerNet", "SwinFactorizer", "LocalFactorizer", "GlobalFactorizer"]
 
-_CHANNELS = (32, 64, 128, 256, 512)
 _SMALL = "channels=[8, 16], head_dim=4, patch=4, iters=2, deep_supervision=1, pos_embed_size=8"
-#: the factorization keywords and their defaults (checked against an explicit ``block=``)
-_DEFAULTS = {
-    "head_dim": 8,
-    "patch": 8,
-    "cyclic": True,
-    "rank": 1,
-    "iters": 5,
-    "update": "hals",
-    "mlp_ratio": 2.0,
-}
+#: the keywords that build the factorizer block (an explicit ``block=`` replaces them)
+_FACTORIZATION = ("head_dim", "patch", "cyclic", "rank", "iters", "update", "mlp_ratio")
+#: the keywords each matricizer takes
+_WINDOWED = {"swin": ("patch", "cyclic"), "local": ("patch",), "global": ()}
 
 
-class _FactorizerNet(UNetSkeleton):
-    """Shared constructor of the Factorizer nets (not registered)."""
+@register("net", "factorizer_net", test_spec=f"factorizer_net({_SMALL})", test_size=8)
+class FactorizerNet(UNetSkeleton):
+    """Factorizer U-Net with a chosen matricizer (the base of the Swin, Local and Global Factorizer).
 
-    matricizer: str = "swin"
-
-    def _setup(
-        self,
-        in_channels: int,
-        out_channels: int,
-        spatial_dims: int,
-        channels: Sequence[int],
-        factorization: dict,
-        deep_supervision: int,
-        pos_embed_size: int | Sequence[int] | None,
-        dropout: float,
-        strides: Sequence[int | Sequence[int]] | None,
-        block: BlockSpec | None,
-    ) -> None:
-        if block is None:
-            mat = {"head_dim": factorization["head_dim"]}
-            if "patch" in factorization:
-                mat = {"patch": factorization["patch"], **mat}
-            if "cyclic" in factorization:
-                mat["cyclic"] = factorization["cyclic"]
-            mixer = Spec(
-                "nmf",
-                {
-                    "rank": factorization["rank"],
-                    "iters": factorization["iters"],
-                    "update": Spec(factorization["update"]),
-                },
-            )
-            block = Spec(
-                "factorizer",
-                {
-                    "mixer": mixer,
-                    "matricize": Spec(self.matricizer, mat),
-                    "mlp_ratio": float(factorization["mlp_ratio"]),
-                    "dropout": float(dropout),
-                },
-            )
-        else:
-            changed = [k for k, v in factorization.items() if v != _DEFAULTS[k]]
-            if changed:
-                raise ValueError(
-                    f"{type(self).__name__}: give either block=... or the factorization keywords "
-                    f"{changed}, not both (put them inside the block spec)"
-                )
-        super().__init__(
-            in_channels,
-            out_channels,
-            spatial_dims=spatial_dims,
-            channels=channels,
-            block=block,
-            strides=strides,
-            stem=True,
-            down="conv",
-            pos_embed_size=pos_embed_size,
-            deep_supervision=min(deep_supervision, max(1, len(channels) - 1)),
-        )
-
-
-_ARGS_DOC = """
     Args:
         in_channels: input channels (4 for BraTS, 2 for ISLES).
         out_channels: output channels (3 for BraTS, 1 for ISLES).
         spatial_dims: 1, 2 or 3.
         channels: widths per level, highest resolution first (32…512).
-        head_dim: channels per matrix ``E`` (rows of each matrix); must divide every width.{patch}
+        matricize: the matricizer of every block: ``swin`` (shifted windows), ``local``
+            (non-overlapping windows) or ``global`` (each head over the whole image).
+        head_dim: channels per matrix ``E`` (rows of each matrix); must divide every width.
+        patch: window size ``P`` per axis (an int or one per axis; 8 for BraTS, 4 for ISLES);
+            ``swin`` and ``local`` only.
+        cyclic: roll the shifted windows around the borders (``torch.roll``, the paper's and
+            the reference's); ``False`` zero-pads them instead (see ``swin``); ``swin`` only.
         rank: NMF rank ``R`` (1 in every published model).
         iters: NMF iterations in training (5); see :func:`lowrank.controls.set_iters` to change
             them after training.
@@ -136,23 +82,12 @@ _ARGS_DOC = """
         {rule}
 
     Raises:
-        ValueError: ``block`` together with non-default factorization keywords, or the
-            matricizer's errors (e.g. ``head_dim`` not dividing a width) at build time.
-"""
-_CYCLIC_DOC = (
-    "\n        cyclic: roll the shifted windows around the borders (``torch.roll``, the paper's and"
-    "\n            the reference's); ``False`` zero-pads them instead (see ``swin``)."
-)
-_PATCH_DOC = "\n        patch: window size ``P`` per axis (an int or one per axis; 8 for BraTS, 4 for ISLES)."
+        ValueError: ``block`` together with non-default factorization keywords, a window
+            keyword the matricizer does not take, or the matricizer's errors (e.g.
+            ``head_dim`` not dividing a width) at build time.
+    """
 
-
-@register("net", "swin_factorizer", test_spec=f"swin_factorizer({_SMALL})", test_size=8)
-class SwinFactorizer(_FactorizerNet):
-    __doc__ = (
-        "Swin Factorizer: NMF on shifted windows (regular + half-patch-rolled windows, averaged).\n"
-        + _ARGS_DOC.format(patch=_PATCH_DOC + _CYCLIC_DOC, rule=DEEP_SUPERVISION_RULE)
-    )
-    matricizer = "swin"
+    __doc__ = __doc__.replace("{rule}", DEEP_SUPERVISION_RULE)
 
     def __init__(
         self,
@@ -160,7 +95,8 @@ class SwinFactorizer(_FactorizerNet):
         out_channels: int,
         *,
         spatial_dims: int = 3,
-        channels: Sequence[int] = _CHANNELS,
+        channels: Sequence[int] = (32, 64, 128, 256, 512),
+        matricize: Literal["swin", "local", "global"] = "swin",
         head_dim: int = 8,
         patch: int | Sequence[int] = 8,
         cyclic: bool = True,
@@ -174,81 +110,56 @@ class SwinFactorizer(_FactorizerNet):
         strides: Sequence[int | Sequence[int]] | None = None,
         block: BlockSpec | None = None,
     ):
-        fact = {"head_dim": head_dim, "patch": patch, "cyclic": cyclic, "rank": rank, "iters": iters}
-        fact |= {"update": update, "mlp_ratio": mlp_ratio}
-        self._setup(
-            in_channels, out_channels, spatial_dims, channels, fact, deep_supervision,
-            pos_embed_size, dropout, strides, block,
-        )  # fmt: skip
+        given = dict(head_dim=head_dim, patch=patch, cyclic=cyclic, rank=rank, iters=iters)
+        given |= dict(update=update, mlp_ratio=mlp_ratio)
+        defaults = {k: p.default for k, p in inspect.signature(FactorizerNet.__init__).parameters.items()}
+        changed = [k for k in _FACTORIZATION if given[k] != defaults[k]]
+        unused = [k for k in changed if k in ("patch", "cyclic") and k not in _WINDOWED[matricize]]
+        if unused:
+            raise ValueError(f"{unused[0]} does not apply to the {matricize} matricizer: leave it out")
+        if block is not None and changed:
+            raise ValueError(
+                f"{type(self).__name__}: give either block=... or the factorization keywords "
+                f"{changed}, not both (put them inside the block spec)"
+            )
+        if block is None:
+            window = {k: given[k] for k in _WINDOWED[matricize]}
+            mat = Spec(matricize, {**({"patch": patch} if "patch" in window else {}), "head_dim": head_dim})
+            if "cyclic" in window:
+                mat.kwargs["cyclic"] = cyclic
+            mixer = Spec("nmf", {"rank": rank, "iters": iters, "update": Spec(update)})
+            block = Spec(
+                "factorizer",
+                {"mixer": mixer, "matricize": mat, "mlp_ratio": float(mlp_ratio), "dropout": float(dropout)},
+            )
+        super().__init__(
+            in_channels,
+            out_channels,
+            spatial_dims=spatial_dims,
+            channels=channels,
+            block=block,
+            strides=strides,
+            stem=True,
+            down="conv",
+            pos_embed_size=pos_embed_size,
+            deep_supervision=min(deep_supervision, max(1, len(channels) - 1)),
+        )
 
 
-@register("net", "local_factorizer", test_spec=f"local_factorizer({_SMALL})", test_size=8)
-class LocalFactorizer(_FactorizerNet):
-    __doc__ = "Local Factorizer: NMF on non-overlapping windows.\n" + _ARGS_DOC.format(
-        patch=_PATCH_DOC, rule=DEEP_SUPERVISION_RULE
-    )
-    matricizer = "local"
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        spatial_dims: int = 3,
-        channels: Sequence[int] = _CHANNELS,
-        head_dim: int = 8,
-        patch: int | Sequence[int] = 8,
-        rank: int = 1,
-        iters: int = 5,
-        update: str = "hals",
-        mlp_ratio: float = 2.0,
-        deep_supervision: int = 1,
-        pos_embed_size: int | Sequence[int] | None = 128,
-        dropout: float = 0.0,
-        strides: Sequence[int | Sequence[int]] | None = None,
-        block: BlockSpec | None = None,
-    ):
-        fact = {"head_dim": head_dim, "patch": patch, "rank": rank, "iters": iters}
-        fact |= {"update": update, "mlp_ratio": mlp_ratio}
-        self._setup(
-            in_channels, out_channels, spatial_dims, channels, fact, deep_supervision,
-            pos_embed_size, dropout, strides, block,
-        )  # fmt: skip
+@register_preset("swin_factorizer", fixed={"matricize": "swin"})
+class SwinFactorizer(FactorizerNet):
+    """Swin Factorizer: NMF on shifted windows (regular + half-patch-rolled windows, averaged)."""
 
 
-@register(
-    "net",
+@register_preset("local_factorizer", fixed={"matricize": "local", "cyclic": True})
+class LocalFactorizer(FactorizerNet):
+    """Local Factorizer: NMF on non-overlapping windows."""
+
+
+@register_preset(
     "global_factorizer",
+    fixed={"matricize": "global", "patch": 8, "cyclic": True},
     test_spec="global_factorizer(channels=[8, 16], head_dim=4, iters=2, pos_embed_size=8)",
-    test_size=8,
 )
-class GlobalFactorizer(_FactorizerNet):
-    __doc__ = "Global Factorizer: NMF of each head over the whole image (no locality).\n" + _ARGS_DOC.format(
-        patch="", rule=DEEP_SUPERVISION_RULE
-    )
-    matricizer = "global"
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        spatial_dims: int = 3,
-        channels: Sequence[int] = _CHANNELS,
-        head_dim: int = 8,
-        rank: int = 1,
-        iters: int = 5,
-        update: str = "hals",
-        mlp_ratio: float = 2.0,
-        deep_supervision: int = 1,
-        pos_embed_size: int | Sequence[int] | None = 128,
-        dropout: float = 0.0,
-        strides: Sequence[int | Sequence[int]] | None = None,
-        block: BlockSpec | None = None,
-    ):
-        fact = {"head_dim": head_dim, "rank": rank, "iters": iters}
-        fact |= {"update": update, "mlp_ratio": mlp_ratio}
-        self._setup(
-            in_channels, out_channels, spatial_dims, channels, fact, deep_supervision,
-            pos_embed_size, dropout, strides, block,
-        )  # fmt: skip
+class GlobalFactorizer(FactorizerNet):
+    """Global Factorizer: NMF of each head over the whole image (no locality)."""

@@ -122,9 +122,9 @@ def _upsample(conv: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """The transposed conv; on CPU a 3-D float32 map enters it channels-last.
 
     oneDNN computes a transposed 3-D conv in channels-last and, for a contiguous input, reorders
-    its output back (at 1×64×32³ → 1×32×64³: 138 ms, 101 of them the reorder; channels-last in,
-    40 ms). The next stage takes the channels-last output as is (its 1×1 adapter reads strided
-    pieces; a concatenation copies anyway).
+    its output back, a full extra pass over the 8× larger output (timed in bench/README.md,
+    ``bench/bench_cpu_paths.py``). The next stage takes the channels-last output as is (its 1×1
+    adapter reads strided pieces; a concatenation copies anyway).
     """
     cpu32 = h.device.type == "cpu" and h.dtype == torch.float32
     if h.dim() == 5 and cpu32 and not torch.compiler.is_compiling():
@@ -139,6 +139,10 @@ class _PointwiseHead:
     its input to channels-last (a 1×1 weight looks channels-last to the CPU backend), forward
     and backward.
     """
+
+    # declared by the ``ConvNd`` it is mixed into
+    weight: torch.Tensor
+    bias: torch.Tensor | None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, *S) -> (B, C_out, *S)``."""

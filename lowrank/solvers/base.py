@@ -123,7 +123,8 @@ class Factorization(nn.Module):
     See the module docstring for what the base does and what a family supplies.
 
     Args:
-        rank: the rank R, an int, or a float compression ratio (see :func:`resolve_rank`).
+        rank: the rank R, an int, or a float compression ratio (see
+            :func:`~lowrank.solvers.base.resolve_rank`).
         iters: iterations T in training.
         eval_iters: iterations in eval mode (default ``iters``); an inference-time speed knob.
         init: the init part spec (kind ``init``), built with the context ``rank``.
@@ -183,6 +184,23 @@ class Factorization(nn.Module):
                 f"grad_steps={grad_steps} < iters={iters} no gradient reaches it: use grad_steps=none "
                 "or another init (online, uniform, random)"
             )
+
+    def rank1_factors(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+        """Optional capability: without gradient, the rank-1 output as factors ``(u, w)``.
+
+        Families with a rank-1 path (``nmf``) override it to return ``u (*batch, M)`` and
+        ``w (*batch, N)`` with ``u wᵀ == self(x, mask)``, so a windowed matricizer can fold them
+        back without the ``(M, N)`` product. The default declines (``None``): callers then run
+        :meth:`forward`. Declared here so that blocks never probe for it with ``getattr``.
+
+        Args:
+            x: ``(*batch, M, N)``.
+            mask: ``(*batch, N)`` bool or ``None``.
+
+        Returns:
+            ``(u, w)``, or ``None`` when the layer has no factor path for this call.
+        """
+        return None
 
     def set_rows(self, rows: int | None) -> None:
         """Tell the layer the row count ``M`` of the matrices it will see (``None``: unknown).
@@ -364,8 +382,8 @@ class Factorization(nn.Module):
         return out
 
     #: on CPU, the batch is processed in chunks of about this many bytes (the working set of
-    #: the many passes of an iteration then stays in the caches; measured 1.8× faster for HALS
-    #: rank 8 on (4096, 8, 512)). Paths with their own blocking (NMF rank 1) opt out.
+    #: the many passes of an iteration then stays in the caches). Paths with their own
+    #: blocking (NMF rank 1) opt out.
     chunk_bytes: int = 8 << 20
 
     def _chunk_rows(self, x: Tensor, dtype: torch.dtype, rank: int) -> int:

@@ -13,11 +13,11 @@ model in ``torch.compile`` to fuse the clustering steps' element-wise parts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from ..build import InitSpec
-from ..hints import Eps, Rank, Temperature
 from ..registry import register
 from .vq import SoftClustering, unit_columns
 
@@ -82,33 +82,10 @@ class CD(SoftClustering):
             :class:`~lowrank.solvers.base.Factorization`.
     """
 
-    def __init__(
-        self,
-        *,
-        rank: Rank = 64,
-        temperature: Temperature = 0.01,
-        beta: float = 0.1,
-        iters: int = 6,
-        eval_iters: int | None = None,
-        init: InitSpec = "random_train",
-        grad_steps: int | None = 1,
-        eps: Eps | None = None,
-        fp32: bool = True,
-        return_factors: bool = False,
-    ):
+    def __init__(self, *, beta: float = 0.1, **shared: Any):
         if not beta > 0:
             raise ValueError(f"beta must be > 0 (it keeps DᵀD + βI positive definite), got {beta}")
-        super().__init__(
-            rank=rank,
-            temperature=temperature,
-            iters=iters,
-            eval_iters=eval_iters,
-            init=init,
-            grad_steps=grad_steps,
-            eps=eps,
-            fp32=fp32,
-            return_factors=return_factors,
-        )
+        super().__init__(**shared)
         self.beta = beta
 
     def centroids(self, x: Tensor, v: Tensor, eps: float) -> Tensor:

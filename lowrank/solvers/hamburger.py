@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from ..build import InitSpec, UpdateSpec
+from ..build import InitSpec
 from ..registry import register
 from .base import Init, hash_uniform
 from .nmf import NMF
@@ -87,15 +89,12 @@ class HamNMF(NMF):
         rank: the rank R (int), or a float compression ratio (paper: 64 at d=512).
         temperature: the softmax temperature of the coefficient init (paper: 1; small values
             make C0 nearly one-hot, which MU cannot move away from).
-        iters: iterations in training (paper: 6).
-        eval_iters: iterations in eval (default ``iters``; paper: 7).
-        update: the update rule (``mu``, the paper's, or ``hals``).
+        iters: iterations in training (paper: 6); ``eval_iters`` defaults to it (paper: 7).
         init: init part of U (default ``random_train``: random in training, fixed in eval).
         grad_steps: ``None`` or k; default 1, Hamburger's one-step gradient.
-        eps: the denominator guard (relative to the scaled data); default ``finfo(dtype).eps``.
-        fp32: compute in float32 under autocast and for half inputs.
-        return_factors: return ``(out, (U, V))``.
-        fast: use the rank-1 fast path when R = 1.
+        **shared: the other keywords of
+            :class:`~lowrank.solvers.nmf.NMF` (``update``, ``eps``, ``fast``, ...)
+            (in the signature: see :func:`lowrank.registry.inherit_signature`).
 
     Shapes:
         ``x: (*batch, M, N)`` non-negative, ``mask: (*batch, N)`` bool or ``None`` →
@@ -111,29 +110,13 @@ class HamNMF(NMF):
         rank: int | float = 64,
         temperature: float = 1.0,
         iters: int = 6,
-        eval_iters: int | None = None,
-        update: UpdateSpec = "mu",
         init: InitSpec = "random_train",
         grad_steps: int | None = 1,
-        eps: float | None = None,
-        fp32: bool = True,
-        return_factors: bool = False,
-        fast: bool = True,
+        **shared: Any,
     ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        super().__init__(
-            rank=rank,
-            iters=iters,
-            eval_iters=eval_iters,
-            update=update,
-            init=init,
-            grad_steps=grad_steps,
-            eps=eps,
-            fp32=fp32,
-            return_factors=return_factors,
-            fast=fast,
-        )
+        super().__init__(rank=rank, iters=iters, init=init, grad_steps=grad_steps, **shared)
         self.temperature = temperature
 
     def start_v(self, x: Tensor, u0: Tensor, mask: Tensor | None, eps: float) -> Tensor:

@@ -35,7 +35,8 @@ class _LazyBuffer(UninitializedBuffer):
 
     def __deepcopy__(self, memo: dict) -> _LazyBuffer:
         if id(self) not in memo:
-            copy = type(self)(requires_grad=self.requires_grad, device=self.device, dtype=self.dtype)
+            # torch's stubs omit UninitializedBuffer's factory keywords (device, dtype)
+            copy = type(self)(requires_grad=self.requires_grad, device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
             memo[id(self)] = copy
         return memo[id(self)]
 
@@ -79,7 +80,7 @@ class _TableInit(LazyModuleMixin, Init):
                     f"is on {device}; move the model first (model.to({str(device)!r}))"
                 )
             # a buffer follows the first input (as the table did before it was sized at build)
-            self._buffers["weight"] = _LazyBuffer(device=device, dtype=dtype)
+            self._buffers["weight"] = _LazyBuffer(device=device, dtype=dtype)  # type: ignore[call-arg]
         with torch.no_grad():
             self.weight.materialize((m, r), device=device, dtype=dtype)
             self.weight.copy_(self._draw(m, r, device, dtype))

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import kernels
-from ..build import InitSpec, UpdateSpec, build
+from ..build import UpdateSpec, build
 from ..registry import register
 from .base import Factorization, State, inverse_scale
 from .updates import HALSUpdate, MUUpdate
@@ -40,17 +40,11 @@ class NMF(Factorization):
       CPU) the general loop below.
 
     Args:
-        rank: the rank R (int), or a float compression ratio.
-        iters: iterations in training.
-        eval_iters: iterations in eval (default ``iters``).
         update: the update rule part (``mu`` or ``hals``).
-        init: the init part of U (``uniform``, ``random``, ``online``, ``learned``, ``svd``, ``nndsvd``).
-        grad_steps: ``None`` (backprop through every iteration) or k (the last k iterations);
-            see :mod:`lowrank.solvers.base`.
-        eps: the denominator guard (relative to the scaled data); default ``finfo(dtype).eps``.
-        fp32: compute in float32 under autocast and for half inputs.
-        return_factors: return ``(out, (U, V))``.
         fast: use the rank-1 fast path when R = 1.
+        **shared: ``rank``, ``iters``, ``eval_iters``, ``init``, ``grad_steps``, ``eps``, ``fp32``,
+            ``return_factors`` of :class:`~lowrank.solvers.base.Factorization` (part of the
+            signature: see :func:`lowrank.registry.inherit_signature`).
 
     Shapes:
         ``x: (*batch, M, N)``, ``mask: (*batch, N)`` bool or ``None`` → ``(*batch, M, N)``.
@@ -61,30 +55,8 @@ class NMF(Factorization):
     #: private switch: ``False`` forces the general autograd loop at rank >= 2 (tests, benchmarks).
     _fused_hals: bool = True
 
-    def __init__(
-        self,
-        *,
-        rank: int | float = 1,
-        iters: int = 5,
-        eval_iters: int | None = None,
-        update: UpdateSpec = "mu",
-        init: InitSpec = "uniform",
-        grad_steps: int | None = None,
-        eps: float | None = None,
-        fp32: bool = True,
-        return_factors: bool = False,
-        fast: bool = True,
-    ):
-        super().__init__(
-            rank=rank,
-            iters=iters,
-            eval_iters=eval_iters,
-            init=init,
-            grad_steps=grad_steps,
-            eps=eps,
-            fp32=fp32,
-            return_factors=return_factors,
-        )
+    def __init__(self, *, update: UpdateSpec = "mu", fast: bool = True, **shared: Any):
+        super().__init__(**shared)
         self.update = build("update", update)
         self.fast = fast
 

@@ -8,12 +8,11 @@ GPU wrap the model in ``torch.compile`` to fuse the element-wise parts.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from ..build import InitSpec
 from ..registry import register
 from .base import Factorization, State
 from .updates import hals_columns
@@ -53,15 +52,10 @@ class SemiNMF(Factorization):
     possibly signed: ``svd`` is a natural choice).
 
     Args:
-        rank: the rank R (int), or a float compression ratio.
-        iters: iterations in training.
-        eval_iters: iterations in eval (default ``iters``).
-        init: the init part of U.
-        grad_steps: ``None`` or k (see :mod:`lowrank.solvers.base`).
-        eps: the guard (relative to the scaled data); default ``finfo(dtype).eps``.
-        fp32: compute in float32 under autocast and for half inputs.
-        return_factors: return ``(out, (U, V))``.
         u_update: ``"hals"`` or ``"ls"`` (see above).
+        **shared: the other keywords of
+            :class:`~lowrank.solvers.base.Factorization` (``rank``, ``iters``, ``init``, ...)
+            (in the signature: see :func:`lowrank.registry.inherit_signature`).
 
     Shapes:
         ``x: (*batch, M, N)``, ``mask: (*batch, N)`` bool or ``None`` → ``(*batch, M, N)``.
@@ -70,29 +64,8 @@ class SemiNMF(Factorization):
     nonnegative = False
     homogeneous = True
 
-    def __init__(
-        self,
-        *,
-        rank: int | float = 1,
-        iters: int = 5,
-        eval_iters: int | None = None,
-        init: InitSpec = "uniform",
-        grad_steps: int | None = None,
-        eps: float | None = None,
-        fp32: bool = True,
-        return_factors: bool = False,
-        u_update: Literal["hals", "ls"] = "hals",
-    ):
-        super().__init__(
-            rank=rank,
-            iters=iters,
-            eval_iters=eval_iters,
-            init=init,
-            grad_steps=grad_steps,
-            eps=eps,
-            fp32=fp32,
-            return_factors=return_factors,
-        )
+    def __init__(self, *, u_update: Literal["hals", "ls"] = "hals", **shared: Any):
+        super().__init__(**shared)
         self.u_update = u_update
 
     @staticmethod

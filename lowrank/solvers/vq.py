@@ -23,6 +23,8 @@ cosine similarity, a softmax and a weighted mean (two batched matmuls and elemen
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -73,27 +75,16 @@ class SoftClustering(Factorization):
         rank: Rank = 64,
         temperature: Temperature = 0.01,
         iters: int = 6,
-        eval_iters: int | None = None,
         init: InitSpec = "random_train",
         grad_steps: int | None = 1,
         eps: Eps | None = None,
-        fp32: bool = True,
-        return_factors: bool = False,
+        **shared: Any,
     ):
         if not temperature > 0:
             raise ValueError(
                 f"temperature must be > 0 (T → 0 approaches the hard assignment), got {temperature}"
             )
-        super().__init__(
-            rank=rank,
-            iters=iters,
-            eval_iters=eval_iters,
-            init=init,
-            grad_steps=grad_steps,
-            eps=eps,
-            fp32=fp32,
-            return_factors=return_factors,
-        )
+        super().__init__(rank=rank, iters=iters, init=init, grad_steps=grad_steps, eps=eps, **shared)
         self.temperature = temperature
 
     def centroids(self, x: Tensor, v: Tensor, eps: float) -> Tensor:  # pragma: no cover - abstract

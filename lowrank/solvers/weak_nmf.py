@@ -7,10 +7,11 @@ variant of the Triton HALS kernel (not written yet); on a GPU wrap the model in 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from ..build import InitSpec
 from ..registry import register
 from .base import Factorization, State
 from .updates import hals_columns
@@ -32,16 +33,11 @@ class WeakNMF(Factorization):
     ``U Vᵀ`` (the factors are stored after φ_η).
 
     Args:
-        rank: the rank R (int), or a float compression ratio.
-        iters: iterations in training.
-        eval_iters: iterations in eval (default ``iters``).
         eta: the leak η in [0, 1].
         lam: the L2 weight λ >= 0.
-        init: the init part of U.
-        grad_steps: ``None`` or k (see :mod:`lowrank.solvers.base`).
-        eps: the guard (relative to the scaled data); default ``finfo(dtype).eps``.
-        fp32: compute in float32 under autocast and for half inputs.
-        return_factors: return ``(out, (U, V))``.
+        **shared: the other keywords of
+            :class:`~lowrank.solvers.base.Factorization` (``rank``, ``iters``, ``init``, ...)
+            (in the signature: see :func:`lowrank.registry.inherit_signature`).
 
     Raises:
         ValueError: η outside [0, 1] or λ < 0.
@@ -52,34 +48,12 @@ class WeakNMF(Factorization):
 
     nonnegative = False
 
-    def __init__(
-        self,
-        *,
-        rank: int | float = 1,
-        iters: int = 5,
-        eval_iters: int | None = None,
-        eta: float = 0.1,
-        lam: float = 0.1,
-        init: InitSpec = "uniform",
-        grad_steps: int | None = None,
-        eps: float | None = None,
-        fp32: bool = True,
-        return_factors: bool = False,
-    ):
+    def __init__(self, *, eta: float = 0.1, lam: float = 0.1, **shared: Any):
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1] (0: NMF, 1: unconstrained), got {eta}")
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
-        super().__init__(
-            rank=rank,
-            iters=iters,
-            eval_iters=eval_iters,
-            init=init,
-            grad_steps=grad_steps,
-            eps=eps,
-            fp32=fp32,
-            return_factors=return_factors,
-        )
+        super().__init__(**shared)
         self.eta = eta
         self.lam = lam
 

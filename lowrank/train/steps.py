@@ -46,8 +46,8 @@ def make_optimizer(params, lr: float, weight_decay: float, device: torch.device)
     """AdamW; the fused implementation on CPU and CUDA (one kernel for all parameters).
 
     The default (per-parameter loop) AdamW launches ~10 small ops per parameter tensor; the
-    small nets of the default run have ~100 tensors, so on a CPU the fused step is ~3-10x
-    faster (0.8 ms vs 7.6 ms with clipping for the default Swin Factorizer, 1 thread).
+    small nets of the default run have ~100 tensors, so the fused step launches far fewer
+    (timed by ``bench/bench_cpu_paths.py``).
     """
     fused = torch.device(device).type in ("cpu", "cuda")
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)

@@ -136,6 +136,17 @@ def split_args_section(lines: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def _part_descriptions(obj) -> dict[str, str]:
+    """Each keyword's description: the class's ``Args:``, then its bases' for the keywords it
+    takes from them (``**shared``, :func:`lowrank.registry.inherit_signature`)."""
+    if isinstance(obj, type):
+        found: dict[str, str] = {}
+        for cls in reversed([c for c in obj.__mro__ if c is obj or c.__module__.startswith("lowrank")]):
+            found.update(_own_descriptions(cls))
+        return found
+    return _own_descriptions(obj)
+
+
+def _own_descriptions(obj) -> dict[str, str]:
     doc = inspect.getdoc(obj) or ""
     found = split_args_section(doc.splitlines())[1]
     if isinstance(obj, type) and obj.__init__ is not object.__init__:
@@ -168,6 +179,14 @@ def _render_part(kind: str, name: str, seen: set[int]) -> list[str]:
     lines += [" · ".join(facts), ""]
     if info.summary:
         lines += [escape_rst(info.summary), ""]
+    if info.base is not None:
+        from lowrank.preset import preset_spec
+
+        lines += [
+            f"A preset of :ref:`{info.base} <{_label(kind, info.base)}>`: ``{name}`` is "
+            f"``{preset_spec(info)}``; the defaults below are the effective ones.",
+            "",
+        ]
 
     build_call = _BUILD_CALL.get(kind, f'build("{kind}", "NAME")').replace("NAME", name)
     lines += [f"Build it with ``{build_call}``."]

@@ -17,9 +17,9 @@ _ONEDNN_MIN_ENTRIES = 20480
 def onednn_skipped(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     """Whether PyTorch would run this 3-D conv with its slow native kernel although oneDNN can.
 
-    A one-sample 3-D volume with few channels (a net's stem at ``1×4×64³``: ``slow_conv3d``,
-    149 ms forward vs oneDNN's 58 ms on one thread) falls under PyTorch's size heuristic, which
-    was tuned on 2-D images. Only plain float32 CPU convs outside ``torch.compile`` and autocast
+    A one-sample 3-D volume with few channels (a net's stem at ``1×4×64³`` runs ``slow_conv3d``;
+    timed against oneDNN by ``bench/bench_cpu_paths.py``) falls under PyTorch's size heuristic,
+    which was tuned on 2-D images. Only plain float32 CPU convs outside ``torch.compile`` and autocast
     qualify; the result and its gradients are those of ``conv(x)`` (tested).
     """
     if torch.compiler.is_compiling():  # first: the checks below are not traceable
