@@ -38,22 +38,6 @@ def layer_names() -> list[str]:
     return sorted({*LAYER_NORM_NAMES, *(n.lower() for f in (Norm, Act, Dropout) for n in f.names)})
 
 
-_CHUNK = 1 << 20  # elements per chunk of the square-mean (a small temporary, reused from the heap)
-
-
-def _channel_mean_square(xhat: torch.Tensor) -> torch.Tensor:
-    """``mean(xhat², dim=1)`` through chunks along the last axis (no full-size temporary)."""
-    if xhat.numel() <= _CHUNK or xhat.ndim < 3:
-        return xhat.square().mean(1, keepdim=True)
-    flat = xhat.flatten(2) if xhat.ndim > 3 else xhat
-    out = flat.new_empty((flat.shape[0], 1, flat.shape[2]))
-    step = max(1, _CHUNK // (flat.shape[0] * flat.shape[1]))
-    for start in range(0, flat.shape[2], step):
-        piece = flat[..., start : start + step]
-        torch.mean(piece.square(), 1, keepdim=True, out=out[..., start : start + step])
-    return out.view(xhat.shape[0], 1, *xhat.shape[2:])
-
-
 def _channel_weighted_mean(weight: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
     """``mean(w ⊙ t, dim=1)`` (``w`` per channel, or none): a reduction without a full-size temporary."""
     if weight is None:
@@ -74,12 +58,14 @@ class _ChannelLayerNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
+        from .kernels.norm import channel_mean_square  # the kernel layer imports the solvers: not at import
+
         dtype = x.dtype
         xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
         # two passes (mean, then mean square of the deviations): exact for large offsets and
         # about twice as fast on CPU as var_mean over a non-innermost dimension
         xhat = xf - xf.mean(1, keepdim=True)
-        rstd = torch.rsqrt(_channel_mean_square(xhat) + eps)
+        rstd = torch.rsqrt(channel_mean_square(xhat) + eps)
         xhat.mul_(rstd)
         if weight is not None:
             shape = (1, -1) + (1,) * (x.ndim - 2)

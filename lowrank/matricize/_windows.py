@@ -51,7 +51,7 @@ def _window_view(block: Tensor, layout: WindowLayout, view: ViewPlan) -> Tensor:
     return shaped.permute(perm)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def view_index(view: ViewPlan, spatial: tuple[int, ...], device: torch.device) -> tuple[Tensor, ...]:
     """The index tensors of one view (cached; ``O(∏ S)`` int64, independent of batch and channels).
 
@@ -89,7 +89,7 @@ def view_index(view: ViewPlan, spatial: tuple[int, ...], device: torch.device) -
     return tuple([t.to(device) if t is not None else None for t in out])
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def place_index(view: ViewPlan, spatial: tuple[int, ...], rows: int, device: torch.device) -> Tensor:
     """``(∏ S,)`` int64: the position ``g·rows·N + n`` of each voxel's column in its view block."""
     _, _, window, column = view_index(view, spatial, device)
@@ -133,17 +133,20 @@ _CHUNK_ELEMENTS = 1 << 20  # the second and later views are gathered through a r
 def _gather_sum(matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
     """``(B', M, N) -> scale · Σ_views (B, heads·M, *S)`` (padding columns dropped; one gather per view).
 
-    The first view is gathered into the output; the others through a small chunk that stays in
-    cache (no second full-size temporary) and are added (two views with ``scale = 1/2``: one
-    ``lerp``, the mean in one pass).
+    The first view is gathered into the output and the others added (two views with
+    ``scale = 1/2``: one ``lerp``, the mean in one pass). On the ``cpu`` kernel backend the later
+    views go through a small chunk that stays in cache (no second full-size temporary); elsewhere
+    each is one gather and one add (on a GPU each chunk would be kernel launches).
     """
+    from ..kernels._switch import backend_for  # the kernel package imports this module's package
+
     bh = layout.batch * layout.heads
     rows = matrices.shape[1]
     volume = math.prod(layout.spatial)
     flat = matrices.contiguous()
     out = flat.new_empty((bh, rows, volume))
     mean = len(layout.views) == 2 and scale == 0.5
-    step = max(1, _CHUNK_ELEMENTS // (bh * rows))
+    step = max(1, _CHUNK_ELEMENTS // (bh * rows)) if backend_for(matrices.device) == "cpu" else volume
     offset = 0
     for number, view in enumerate(layout.views):
         count = bh * view.windows
