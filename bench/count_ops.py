@@ -49,7 +49,16 @@ from torch.utils._pytree import tree_leaves
 import lowrank
 from lowrank.kernels import _switch
 
-__all__ = ["NETS", "Counts", "OpCounter", "count", "distinct_elements", "net_step", "nmf_layer_step", "traffic"]
+__all__ = [
+    "NETS",
+    "Counts",
+    "OpCounter",
+    "count",
+    "distinct_elements",
+    "net_step",
+    "nmf_layer_step",
+    "traffic",
+]
 
 _aten = torch.ops.aten
 #: allocations and metadata-only ops: no kernel, no traffic
