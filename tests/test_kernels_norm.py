@@ -20,7 +20,7 @@ from lowrank.matricize import _windows
 from lowrank.norm_act import ChannelLayerNorm, channel_standardize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from count_ops import count  # noqa: E402
+from count_ops import count
 
 interpreted = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1" or not _switch.triton_available(),
@@ -55,7 +55,7 @@ def test_window_fold_chunks_on_cpu_only_and_equals_one_pass(shape):
         with lowrank.use_kernels(backend):
             y = mat.inverse(matrices * 2, ctx)
             results[backend] = (y, torch.autograd.grad((y * probe).sum(), x)[0])
-            c = count(lambda: mat.inverse(matrices.detach(), ctx))  # noqa: B023
+            c = count(lambda: mat.inverse(matrices.detach(), ctx))
             gathers = c.by_op["gather"]
         assert gathers > 2 if backend == "cpu" and x.numel() > 2 * _windows._CHUNK_ELEMENTS else gathers <= 2
     for a, b in zip(results["cpu"], results["reference"], strict=True):

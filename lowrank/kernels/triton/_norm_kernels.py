@@ -29,7 +29,7 @@ def _tile(C, V, BC: tl.constexpr, BV: tl.constexpr):
 @triton.jit
 def standardize_fwd(x_ptr, xhat_ptr, rstd_ptr, C, V, eps, BC: tl.constexpr, BV: tl.constexpr):
     """``x (B, C, V) -> x̂ (B, C, V), rstd (B, V)``, the statistics over C in x̂'s dtype."""
-    b, rc, rv, ok, offs = _tile(C, V, BC, BV)
+    b, _, rv, ok, offs = _tile(C, V, BC, BV)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(xhat_ptr.dtype.element_ty)
     mean = tl.sum(x, 0) / C
     d = tl.where(ok, x - mean[None, :], 0.0)
