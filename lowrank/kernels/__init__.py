@@ -22,7 +22,8 @@ Operations:
 
 * NMF layer: :func:`nmf_rank1`, :func:`nmf_rank1_factors`, :func:`nmf_iterations`
   (``cpu``: rank 1 and HALS; ``triton``: rank 1 and MU/HALS up to rank 16, M <= 128);
-* the Factorizer's MLP branch :func:`fused_mlp` (``cpu``);
+* the Factorizer's MLP branch :func:`fused_mlp` (``cpu``, ``triton``) and LayerNorm + projection
+  :func:`norm_project` (``triton``); the channel LayerNorm (:mod:`.norm`: ``cpu``, ``triton``);
 * the inference fold of windowed matricizers: :class:`LazyWindows`, :func:`fold_rank1`
   (cache-sized chunks on ``cpu``, one chunk elsewhere);
 * :func:`convolution` (``cpu``: small one-sample 3-D convs straight to oneDNN).
@@ -39,7 +40,7 @@ Example:
 
 from ._switch import BACKENDS, ENV_VAR, backend_for, current, triton_available, use_kernels
 from .conv import convolution
-from .mlp import fused_mlp
+from .mlp import fused_mlp, mlp_backend, norm_project, norm_project_backend
 from .nmf import nmf_backend, nmf_iterations, nmf_rank1, nmf_rank1_factors
 from .windows import LazyWindows, chunk_elements, fold_rank1
 
@@ -53,10 +54,13 @@ __all__ = [
     "current",
     "fold_rank1",
     "fused_mlp",
+    "mlp_backend",
     "nmf_backend",
     "nmf_iterations",
     "nmf_rank1",
     "nmf_rank1_factors",
+    "norm_project",
+    "norm_project_backend",
     "triton_available",
     "use_kernels",
 ]

@@ -109,11 +109,19 @@ def gather_windows(out: Tensor, source: Tensor, flat: Tensor, padding: Tensor | 
 
 
 def _scatter(x: Tensor, layout: WindowLayout, scale: float) -> Tensor:
-    """``(B, heads·M, *S) -> scale · matrices (B', M, N)``, zeros on padding (one gather per view)."""
+    """``(B, heads·M, *S) -> scale · matrices (B', M, N)``, zeros on padding (one gather per view).
+
+    The scale multiplies the matrices on the ``cpu`` kernel backend (in place, in cache after the
+    gathers), the input elsewhere (one pass over the map instead of one over every view's copy).
+    """
+    from ..kernels._switch import backend_for  # the kernel package imports this module's package
+
     bh = layout.batch * layout.heads
     rows = x.shape[1] // layout.heads
     volume = math.prod(layout.spatial)
     out = x.new_empty((layout.matrices, rows, layout.columns))
+    if scale != 1.0 and len(layout.views) > 1 and backend_for(x.device) != "cpu":
+        x, scale = x * scale, 1.0
     source = x.reshape(bh, 1, rows, volume)
     offset = 0
     for view in layout.views:
