@@ -22,6 +22,8 @@ failing section never loses the others; a time guard skips what would run past `
   median step time and ``torch.cuda.max_memory_allocated``, ratios to SwinUNETR and SegResNet.
 * ``compile``: the Swin Factorizer step under ``torch.compile`` (compile time = first step) against
   eager, with dynamo's graph-break count.
+* ``counts``: the kernel launches and traffic of those nets' training step and eval forward at
+  1×4×128³, counted on the meta device (``bench/count_ops.py --nets``; seconds, no GPU time).
 
 Usage::
 
@@ -367,6 +369,26 @@ def section_compile(cfg: Config, result: dict) -> None:
     result["notes"] = "compile_s = wall time of the first compiled step (tracing, compilation, one step)"
 
 
+# --------------------------------------------------------------------------------------- counts
+def section_counts(cfg: Config, result: dict) -> None:
+    from count_ops import NETS, count, net_step
+
+    cfg.need(15, "the meta-device op counts")
+    for name in NETS:
+        for backend in ("reference", "auto") if name == "swin_factorizer" else ("auto",):
+            t = count(net_step(name, backend=backend))
+            e = count(net_step(name, backend=backend, train=False))
+            result["rows"].append(
+                {"model": name, "backend": backend, "train_ops": t.ops, "train_GB": t.bytes / 1e9,
+                 "eval_ops": e.ops, "eval_GB": e.bytes / 1e9}
+            )  # fmt: skip
+    result["notes"] = (
+        "bench/count_ops.py --nets: 1×4×128³ on the meta device (no GPU time), steady state, "
+        "auto as on CUDA; budgets (issue 17 §3): Swin Factorizer train <= 1,266 ops and <= 60 GB, "
+        "eval <= 1,000 ops"
+    )
+
+
 # --------------------------------------------------------------------------------------- runner
 SECTIONS: dict[str, Section] = {
     "parity": lambda cfg, res, done: section_parity(cfg, res),
@@ -374,6 +396,7 @@ SECTIONS: dict[str, Section] = {
     "nmf_layer": lambda cfg, res, done: section_nmf_layer(cfg, res, done.get("bandwidth", {})),
     "nets": lambda cfg, res, done: section_nets(cfg, res),
     "compile": lambda cfg, res, done: section_compile(cfg, res),
+    "counts": lambda cfg, res, done: section_counts(cfg, res),
 }
 
 

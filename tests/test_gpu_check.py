@@ -59,6 +59,10 @@ def test_smoke_run_reports_every_section(tmp_path):
     assert set(nets) == {"swin_factorizer", "SwinUNETR", "SegResNet"}
     assert nets["SwinUNETR"]["time_vs_SwinUNETR"] == 1.0
     assert sections["compile"]["rows"][0]["graph_breaks"] == 0
+    counts = {(r["model"], r["backend"]): r for r in sections["counts"]["rows"]}
+    assert len(counts) == 4
+    lean = counts["swin_factorizer", "auto"]  # the whole-net budgets of issue 17 §3
+    assert lean["train_ops"] <= 1266 and lean["train_GB"] <= 60 and lean["eval_ops"] <= 1000, lean
     if known:
         pytest.xfail("; ".join(sorted(set(known))))
 
