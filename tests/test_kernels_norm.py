@@ -1,7 +1,8 @@
 """The channel LayerNorm and the window fold through the kernel layer: the CPU-only cache-sized
 chunk loops run on the ``cpu`` backend only (one pass elsewhere, equal results), and the Triton
-LayerNorm kernels (``TRITON_INTERPRET=1`` on CPU tensors) against ``reference``: outputs and
-gradients, float64 / float32 / bfloat16, zero / tiny / huge inputs, on meta and under opcheck."""
+LayerNorm and two-view fold kernels (``TRITON_INTERPRET=1`` on CPU tensors) against ``reference``:
+outputs and gradients, float64 / float32 / bfloat16, zero / tiny / huge inputs, on meta and under
+opcheck."""
 
 from __future__ import annotations
 
@@ -74,10 +75,41 @@ def test_window_fold_is_one_pass_per_view_on_other_devices():
         mat.inverse(matrices, ctx).backward(grad)
 
     step()  # the cached index tensors are built once
-    for backend in ("auto", "cpu", "reference", "triton"):
+    for backend in ("auto", "cpu", "reference"):  # meta as meta: auto runs reference
+        with lowrank.use_kernels(backend):
+            c = count(step, meta_as=None)
+        assert c.by_op["gather"] == 8 and c.ops <= 20, (backend, c.by_op)
+    for backend in ("auto", "triton"):  # auto as on CUDA: the two-view fold is one Triton kernel
         with lowrank.use_kernels(backend):
             c = count(step)
-        assert c.by_op["gather"] == 8 and c.ops <= 20, (backend, c.by_op)
+        assert c.by_op["gather"] == 4 and c.by_op["lowrank.window_sum2"] == 2 and c.ops <= 16, c.by_op
+
+
+@interpreted
+@pytest.mark.parametrize("shape", [(1, 8, 16, 16, 16), (2, 16, 9, 13, 7), (1, 24, 6, 5, 11), (2, 4, 3, 3)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_triton_window_fold_matches_reference(shape, dtype):
+    """``swin``'s inverse (two views, padded and shifted) and its adjoint through the Triton fold."""
+    mat = build_matricize(f"swin(patch=4, head_dim={min(8, shape[1])})")
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    probe = torch.randn(shape, dtype=dtype)
+    results = {}
+    for backend in ("triton", "reference"):
+        with lowrank.use_kernels(backend):
+            matrices, ctx = mat(x)
+            y = mat.inverse(matrices * 3, ctx)
+            results[backend] = (y, torch.autograd.grad((y * probe).sum(), x)[0])
+            c = count(lambda: mat.inverse(matrices.detach(), ctx), meta_as=None)  # noqa: B023
+        assert c.by_op["lowrank.window_sum2"] == (backend == "triton"), c.by_op
+    for got, want in zip(results["triton"], results["reference"], strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(results["triton"][0], 3 * x.detach())  # the views average back to x
+    src = torch.randn(2 * 3 * 2 * 5, dtype=torch.float64)
+    place = torch.tensor([0, 4, 1, 3], dtype=torch.int64)
+    args = (src, place, place.flip(0), [0, 10, 5, 30, 10, 5], 3, 2, 0.5)
+    torch.library.opcheck(
+        torch.ops.lowrank.window_sum2.default, args, test_utils=("test_schema", "test_faketensor")
+    )
 
 
 @pytest.mark.parametrize(

@@ -152,9 +152,12 @@ def _gather_sum(matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
     rows = matrices.shape[1]
     volume = math.prod(layout.spatial)
     flat = matrices.contiguous()
+    backend = backend_for(matrices.device, triton_ok=len(layout.views) == 2 and matrices.is_floating_point())
+    if backend == "triton":  # one kernel: both views read, the map written once
+        return _gather_sum2(flat, layout, scale)
     out = flat.new_empty((bh, rows, volume))
     mean = len(layout.views) == 2 and scale == 0.5
-    step = max(1, _CHUNK_ELEMENTS // (bh * rows)) if backend_for(matrices.device) == "cpu" else volume
+    step = max(1, _CHUNK_ELEMENTS // (bh * rows)) if backend == "cpu" else volume
     offset = 0
     for number, view in enumerate(layout.views):
         count = bh * view.windows
@@ -179,6 +182,20 @@ def _gather_sum(matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
         offset += count
     if scale != 1.0 and not mean:
         out.mul_(scale)
+    return out.view(layout.batch, layout.heads * rows, *layout.spatial)
+
+
+def _gather_sum2(flat: Tensor, layout: WindowLayout, scale: float) -> Tensor:
+    """:func:`_gather_sum` of two views as one Triton kernel (``lowrank::window_sum2``)."""
+    from ..kernels.triton.window_ops import window_sum2
+
+    bh, rows = layout.batch * layout.heads, flat.shape[1]
+    (v0, v1), device = layout.views, flat.device
+    per0, per1 = v0.windows * rows * v0.columns, v1.windows * rows * v1.columns
+    geometry = [0, per0, v0.columns, bh * per0, per1, v1.columns]
+    place0 = place_index(v0, layout.spatial, rows, device)
+    place1 = place_index(v1, layout.spatial, rows, device)
+    out = window_sum2(flat, place0, place1, geometry, bh, rows, scale)
     return out.view(layout.batch, layout.heads * rows, *layout.spatial)
 
 
