@@ -25,7 +25,8 @@ Operations:
 * the Factorizer's MLP branch :func:`fused_mlp` (``cpu``, ``triton``) and LayerNorm + projection
   :func:`norm_project` (``triton``); the channel LayerNorm (:mod:`.norm`: ``cpu``, ``triton``);
 * the inference fold of windowed matricizers: :class:`LazyWindows`, :func:`fold_rank1`
-  (cache-sized chunks on ``cpu``, one chunk elsewhere);
+  (cache-sized chunks on ``cpu``, one chunk elsewhere); the two-view window fold of ``swin``
+  (``triton``: :mod:`.triton.window_ops`, called by :mod:`lowrank.matricize._windows`);
 * :func:`convolution` (``cpu``: small one-sample 3-D convs straight to oneDNN).
 
 The other factorization layers (semi-NMF, weak NMF, VQ, CD) run ``reference`` on every backend
