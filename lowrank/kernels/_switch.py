@@ -132,7 +132,7 @@ class pinned:  # noqa: N801
     """The current setting, to re-enter later (e.g. a checkpointed recomputation in backward):
     ``with pinned():`` made at forward time runs its block under the setting active then."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.setting = current()
         self._previous: list[str | None] = []
 
