@@ -231,8 +231,9 @@ def _monai_net(name: str, **options: int) -> torch.nn.Module:
 def net_step(
     net: str | torch.nn.Module, *, backend: str, train: bool = True, size: int = 128
 ) -> Callable[[], None]:
-    """One training step (forward, DiceCE loss, backward) or one no-grad eval forward of a 4 → 3
-    channel 3-D segmentation net on a ``meta`` input ``(1, 4, size, size, size)`` under ``backend``.
+    """One training step (gradients set to None, forward, DiceCE loss, backward; no optimizer
+    step) or one no-grad eval forward of a 4 → 3 channel 3-D segmentation net on a ``meta`` input
+    ``(1, 4, size, size, size)`` under ``backend``.
 
     Returns the step to count, in steady state: the same step runs once here first (a warm-up, as
     a training loop's first step: cached index tensors and init tables are built then).
@@ -256,6 +257,7 @@ def net_step(
                 with torch.no_grad():
                     module(x)
                 return
+            module.zero_grad(set_to_none=True)  # as a training loop does (no accumulation kernels)
             out = module(x)
             loss(out[0] if isinstance(out, (list, tuple)) else out, target).backward()
 
