@@ -52,6 +52,7 @@ def test_smoke_run_reports_every_section(tmp_path):
         assert sections["parity"]["status"] == "skipped"
     else:  # the Triton kernels really ran (in the interpreter), not a fallback
         assert any(r["backend"] == "triton" and r["ran"] == "triton" for r in parity)
+        assert any(r["part"].startswith("block") and r["ran"] == "triton" for r in parity)
     layer = sections["nmf_layer"]["rows"]
     assert {r["backend"] for r in layer} >= {"reference", "auto", "textbook"}
     assert all(r["ms"] > 0 and r["GBs"] > 0 for r in layer)
