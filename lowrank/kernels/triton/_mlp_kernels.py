@@ -27,7 +27,7 @@ def _tile(x_ptr, b, vb, C, V, eps, BC: tl.constexpr, BV: tl.constexpr):
     rc = tl.arange(0, BC)
     rv = vb * BV + tl.arange(0, BV)
     ok = (rc[:, None] < C) & (rv[None, :] < V)
-    offs = b * C * V + rc[:, None] * V + rv[None, :]
+    offs = b * C * V + rc[:, None].to(tl.int64) * V + rv[None, :]
     x = tl.load(x_ptr + offs, mask=ok, other=0.0)
     mean = tl.sum(x, 0) / C
     d = tl.where(ok, x - mean[None, :], 0.0)
@@ -152,7 +152,7 @@ def proj_fwd(
         h = tl.maximum(h, 0.0)
     rv = vb * BV + tl.arange(0, BV)
     ok = (ro[:, None] < K) & (rv[None, :] < V)
-    tl.store(y_ptr + b * K * V + ro[:, None] * V + rv[None, :], h, mask=ok)
+    tl.store(y_ptr + b * K * V + ro[:, None].to(tl.int64) * V + rv[None, :], h, mask=ok)
 
 
 @triton.jit
@@ -173,7 +173,7 @@ def proj_bwd(
         _, xhat, rstd, ok, offs = _tile(x_ptr, b, vb, C, V, eps, BC, BV)
         rv = vb * BV + tl.arange(0, BV)
         oky = (ro[:, None] < K) & (rv[None, :] < V)
-        dh = tl.load(g_ptr + b * K * V + ro[:, None] * V + rv[None, :], mask=oky, other=0.0)
+        dh = tl.load(g_ptr + b * K * V + ro[:, None].to(tl.int64) * V + rv[None, :], mask=oky, other=0.0)
         if RELU:
             h = tl.dot(w, xhat, input_precision="ieee") + bias[:, None]
             dh = tl.where(h > 0, dh, 0.0)

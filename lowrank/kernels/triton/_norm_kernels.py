@@ -23,7 +23,7 @@ def _tile(C, V, BC: tl.constexpr, BV: tl.constexpr):
     rc = tl.arange(0, BC)
     rv = tl.program_id(0).to(tl.int64) * BV + tl.arange(0, BV)
     ok = (rc[:, None] < C) & (rv[None, :] < V)
-    return b, rc, rv, ok, b * C * V + rc[:, None] * V + rv[None, :]
+    return b, rc, rv, ok, b * C * V + rc[:, None].to(tl.int64) * V + rv[None, :]
 
 
 @triton.jit
