@@ -10,7 +10,8 @@ failing section never loses the others; a time guard skips what would run past `
   part (defaults; rank 4 where the default is larger; ``ham_nmf`` with HALS too) and the NMF
   kernels at rank 1 and 8, MU and HALS, ``grad_steps`` None and 1 (float64, and float32 against
   the float64 reference): max relative error (``max|a - b| / max|b|``) of the output and of the
-  input gradient, and which backend the layer picked (``ran``).
+  input gradient, and which backend the layer picked (``ran``); and a Factorizer block (every
+  kernel of the block: LayerNorm, LayerNorm + projection, MLP branch, window fold, NMF).
 * ``bandwidth``: a large device-to-device copy (bytes read + written / time) and the device's
   spec-sheet peak from a table of known GPUs.
 * ``nmf_layer``: the NMF layer on X (4096, 8, 512), T = 5, rank 1 and 8 (MU, HALS), fp32 and bf16
@@ -22,6 +23,8 @@ failing section never loses the others; a time guard skips what would run past `
   median step time and ``torch.cuda.max_memory_allocated``, ratios to SwinUNETR and SegResNet.
 * ``compile``: the Swin Factorizer step under ``torch.compile`` (compile time = first step) against
   eager, with dynamo's graph-break count.
+* ``counts``: the kernel launches and traffic of those nets' training step and eval forward at
+  1×4×128³, counted on the meta device (``bench/count_ops.py --nets``; seconds, no GPU time).
 
 Usage::
 
@@ -152,11 +155,50 @@ def section_parity(cfg: Config, result: dict) -> None:
                 row.update(grad_err=_rel(gx, want[1]), tol=tol)
                 row["ok"] = bool(row["out_err"] <= tol and row["grad_err"] <= tol)
                 result["rows"].append(row)
+    _block_parity(cfg, result, backends)
     bad = [f"{r['part']} {r['backend']} {r['dtype']}" for r in result["rows"] if not r["ok"]]
     if bad:
         raise AssertionError(f"parity above tolerance: {', '.join(bad)}")
     if not have_triton:
         raise Skip(f"triton not importable ({why}): only `auto` compared with `reference`")
+
+
+BLOCK = "factorizer(mixer=nmf(rank=1, iters=3), matricize=swin(patch=4, head_dim=8))"
+
+
+def _block_parity(cfg: Config, result: dict, backends: list[str]) -> None:
+    """A Factorizer block (channel LayerNorm, LayerNorm + in_proj + ReLU, window scatter and
+    two-view fold, NMF, MLP branch: every kernel of the block) against ``reference``."""
+    import lowrank
+    from lowrank.kernels import mlp_backend
+
+    cfg.need(5, "parity of the Factorizer block")
+    channels, side = (16, 8) if cfg.smoke else (32, 24)
+    torch.manual_seed(0)
+    block = lowrank.build_block(BLOCK, channels).double().to(cfg.device)
+    with torch.no_grad():  # a non-trivial affine part (folded into the projections)
+        for name, p in block.named_parameters():
+            if "norm" in name:
+                p.normal_()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, channels, side, side, side, generator=g, dtype=torch.float64).to(cfg.device)
+    probe = torch.randn(x.shape, generator=g, dtype=torch.float64).to(cfg.device)
+    want = _run_solver(block, x, probe, "reference")
+    for backend in backends:
+        for dtype, tol in ((torch.float64, 1e-8), (torch.float32, 1e-3)):
+            layer = copy.deepcopy(block).to(dtype)
+            with lowrank.use_kernels(backend):
+                ran = mlp_backend(x.to(dtype), layer.mlp.fc1.weight)
+            out, gx = _run_solver(layer, x.to(dtype), probe, backend)
+            row = {
+                "part": f"block {BLOCK}",
+                "backend": backend,
+                "ran": ran,
+                "dtype": str(dtype).removeprefix("torch."),
+            }
+            row.update(out_err=_rel(out, want[0]), grad_err=_rel(gx, want[1]), tol=tol)
+            row["ok"] = bool(row["out_err"] <= tol and row["grad_err"] <= tol)
+            result["rows"].append(row)
 
 
 # ------------------------------------------------------------------------------------ bandwidth
@@ -367,6 +409,26 @@ def section_compile(cfg: Config, result: dict) -> None:
     result["notes"] = "compile_s = wall time of the first compiled step (tracing, compilation, one step)"
 
 
+# --------------------------------------------------------------------------------------- counts
+def section_counts(cfg: Config, result: dict) -> None:
+    from count_ops import NETS, count, net_step
+
+    cfg.need(15, "the meta-device op counts")
+    for name in NETS:
+        for backend in ("reference", "auto") if name == "swin_factorizer" else ("auto",):
+            t = count(net_step(name, backend=backend))
+            e = count(net_step(name, backend=backend, train=False))
+            result["rows"].append(
+                {"model": name, "backend": backend, "train_ops": t.ops, "train_GB": t.bytes / 1e9,
+                 "eval_ops": e.ops, "eval_GB": e.bytes / 1e9}
+            )  # fmt: skip
+    result["notes"] = (
+        "bench/count_ops.py --nets: 1×4×128³ on the meta device (no GPU time), steady state, "
+        "auto as on CUDA; budgets (issue 17 §3): Swin Factorizer train <= 1,266 ops and <= 60 GB, "
+        "eval <= 1,000 ops"
+    )
+
+
 # --------------------------------------------------------------------------------------- runner
 SECTIONS: dict[str, Section] = {
     "parity": lambda cfg, res, done: section_parity(cfg, res),
@@ -374,6 +436,7 @@ SECTIONS: dict[str, Section] = {
     "nmf_layer": lambda cfg, res, done: section_nmf_layer(cfg, res, done.get("bandwidth", {})),
     "nets": lambda cfg, res, done: section_nets(cfg, res),
     "compile": lambda cfg, res, done: section_compile(cfg, res),
+    "counts": lambda cfg, res, done: section_counts(cfg, res),
 }
 
 

@@ -39,31 +39,6 @@ def layer_names() -> list[str]:
     return sorted({*LAYER_NORM_NAMES, *(n.lower() for f in (Norm, Act, Dropout) for n in f.names)})
 
 
-_CHUNK = 1 << 20  # elements per chunk of the square-mean (a small temporary, reused from the heap)
-
-
-def _channel_mean_square(xhat: torch.Tensor) -> torch.Tensor:
-    """``mean(xhat², dim=1)`` through chunks along the last axis (no full-size temporary)."""
-    if xhat.numel() <= _CHUNK or xhat.ndim < 3:
-        return xhat.square().mean(1, keepdim=True)
-    flat = xhat.flatten(2) if xhat.ndim > 3 else xhat
-    out = flat.new_empty((flat.shape[0], 1, flat.shape[2]))
-    step = max(1, _CHUNK // (flat.shape[0] * flat.shape[1]))
-    for start in range(0, flat.shape[2], step):
-        piece = flat[..., start : start + step]
-        torch.mean(piece.square(), 1, keepdim=True, out=out[..., start : start + step])
-    return out.view(xhat.shape[0], 1, *xhat.shape[2:])
-
-
-def _channel_weighted_mean(weight: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
-    """``mean(w ⊙ t, dim=1)`` (``w`` per channel, or none): a reduction without a full-size temporary."""
-    if weight is None:
-        return t.mean(1, keepdim=True)
-    b, c = t.shape[:2]
-    w = (weight.to(t.dtype) / c).view(1, 1, c).expand(b, 1, c)
-    return torch.bmm(w, t.reshape(b, c, -1)).view(b, 1, *t.shape[2:])
-
-
 class _ChannelLayerNormFn(torch.autograd.Function):
     """LayerNorm over dim 1 that saves only the normalized input and ``1/σ`` for backward.
 
@@ -75,16 +50,13 @@ class _ChannelLayerNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
+        from .kernels.norm import standardize  # the kernel layer imports the solvers: not at import
+
         dtype = x.dtype
-        xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-        # two passes (mean, then mean square of the deviations): exact for large offsets and
-        # about twice as fast on CPU as var_mean over a non-innermost dimension
-        xhat = xf - xf.mean(1, keepdim=True)
-        rstd = torch.rsqrt(_channel_mean_square(xhat) + eps)
-        xhat.mul_(rstd)
+        xhat, rstd = standardize(x, eps)
         if weight is not None:
             shape = (1, -1) + (1,) * (x.ndim - 2)
-            out = torch.addcmul(bias.view(shape).to(xf.dtype), xhat, weight.view(shape).to(xf.dtype))
+            out = torch.addcmul(bias.view(shape).to(xhat.dtype), xhat, weight.view(shape).to(xhat.dtype))
         else:
             out = xhat
         ctx.save_for_backward(xhat, rstd, weight)
@@ -101,24 +73,17 @@ class _ChannelLayerNormFn(torch.autograd.Function):
         w = weight if ctx.has_affine else None
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, g.sum(reduce).to(weight.dtype) if ctx.needs_input_grad[2] else None, None
-        gx = g * xhat  # the one full-size allocation; reused for the result
-        if ctx.has_affine:
-            if ctx.needs_input_grad[1]:
-                grad_weight = gx.sum(reduce).to(weight.dtype)
-            if ctx.needs_input_grad[2]:
-                grad_bias = g.sum(reduce).to(weight.dtype)
+        gx = None
+        if ctx.has_affine and ctx.needs_input_grad[1]:
+            gx = g * xhat  # the one full-size allocation; reused for the result
+            grad_weight = gx.sum(reduce).to(weight.dtype)
+        if ctx.has_affine and ctx.needs_input_grad[2]:
+            grad_bias = g.sum(reduce).to(weight.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            # dx = (w⊙g - mean(w⊙g) - x̂ · mean(w⊙g⊙x̂)) / σ, the means over the channels
-            mean_g = _channel_weighted_mean(w, g)
-            mean_gx = _channel_weighted_mean(w, gx)
-            if w is None:
-                torch.sub(g, mean_g, out=gx)
-            else:
-                shape = (1, -1) + (1,) * (g.ndim - 2)
-                torch.addcmul(mean_g.neg(), g, w.view(shape).to(g.dtype), out=gx)
-            gx.addcmul_(xhat, mean_gx, value=-1).mul_(rstd)
-            grad_x = gx.to(grad.dtype)
+            from .kernels.norm import standardize_backward
+
+            grad_x = standardize_backward(g, xhat, rstd, w, gx).to(grad.dtype)
         return grad_x, grad_weight, grad_bias, None
 
 

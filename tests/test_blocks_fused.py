@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowrank import build_block, build_net, norm_act
+from lowrank import build_block, build_net
 from lowrank.blocks._layers import ChannelLayerNorm, channel_standardize, pointwise
 from lowrank.flops import count_flops
+from lowrank.kernels.cpu import norm as cpu_norm
 from lowrank.kernels.cpu.mlp import fused_mlp
 
 
@@ -168,7 +169,7 @@ def test_channel_layer_norm_backward_and_chunked_statistics(affine):
             norm.bias.normal_()
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(norm, (x,))
-    big = torch.randn(1, 3, norm_act._CHUNK // 2 + 3, dtype=torch.float64) * 5 + 100  # uneven chunks
+    big = torch.randn(1, 3, cpu_norm.CHUNK_ELEMENTS // 2 + 3, dtype=torch.float64) * 5 + 100  # uneven chunks
     ref = _ln(big, norm.weight if affine else None, norm.bias if affine else None)
     torch.testing.assert_close(norm(big), ref)
     torch.testing.assert_close(channel_standardize(big, 1e-5), _ln(big))

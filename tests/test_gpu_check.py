@@ -52,6 +52,7 @@ def test_smoke_run_reports_every_section(tmp_path):
         assert sections["parity"]["status"] == "skipped"
     else:  # the Triton kernels really ran (in the interpreter), not a fallback
         assert any(r["backend"] == "triton" and r["ran"] == "triton" for r in parity)
+        assert any(r["part"].startswith("block") and r["ran"] == "triton" for r in parity)
     layer = sections["nmf_layer"]["rows"]
     assert {r["backend"] for r in layer} >= {"reference", "auto", "textbook"}
     assert all(r["ms"] > 0 and r["GBs"] > 0 for r in layer)
@@ -59,6 +60,10 @@ def test_smoke_run_reports_every_section(tmp_path):
     assert set(nets) == {"swin_factorizer", "SwinUNETR", "SegResNet"}
     assert nets["SwinUNETR"]["time_vs_SwinUNETR"] == 1.0
     assert sections["compile"]["rows"][0]["graph_breaks"] == 0
+    counts = {(r["model"], r["backend"]): r for r in sections["counts"]["rows"]}
+    assert len(counts) == 4
+    lean = counts["swin_factorizer", "auto"]  # the whole-net budgets of issue 17 §3
+    assert lean["train_ops"] <= 1266 and lean["train_GB"] <= 60 and lean["eval_ops"] <= 1000, lean
     if known:
         pytest.xfail("; ".join(sorted(set(known))))
 

@@ -20,7 +20,9 @@ Fast paths (same parameters and results): a channel LayerNorm's affine part is f
 following projection (its output is never materialized), the residuals are added in the
 projections' output buffers, the mixer's ReLU works in place, and on CPU (float32/64, no
 autocast, no compile, no active dropout) the MLP branch runs as one chunked kernel
-(:mod:`lowrank.blocks._fused_mlp`) that saves only its input for backward.
+(:mod:`lowrank.blocks._fused_mlp`) that saves only its input for backward. On the ``triton``
+kernel backend (float32/64, no autocast, widths up to 64 / hidden 128) the MLP branch and the
+LayerNorm + ``in_proj`` (+ ReLU) each run as one Triton kernel (:mod:`lowrank.kernels.mlp`).
 
 Inference-time controls: set ``block.skip_mixer = True`` to short-circuit the mixer branch
 (Factorizer paper §4.5, "NMF layer" ablation); see :mod:`lowrank.controls`.
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from ..build import LayerSpec, MatricizeSpec, SolverSpec, build_matricize, build_solver
+from ..kernels.mlp import mlp_backend, norm_project, norm_project_backend
 from ..matricize.base import Matricize, MatricizeContext
 from ..registry import register
 from ..solvers.base import Factorization
@@ -197,6 +200,8 @@ class Factorizer(nn.Module):
         ):
             return pointwise(proj.weight, proj.bias, norm(x), relu=relu)
         weight, bias = _fold_affine(norm, proj)
+        if norm_project_backend(x, weight) == "triton":  # one kernel: x̂ never in memory
+            return norm_project(x, weight, bias, norm.eps, relu)
         return pointwise(weight, bias, channel_standardize(x, norm.eps), relu=relu)
 
     def _mix_inner(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,23 +249,21 @@ class Factorizer(nn.Module):
         return self.drop(self.out_proj(self._mix_inner(x)))
 
     def _fusable(self, x: torch.Tensor) -> bool:
-        """Whether the MLP branch can run as the chunked CPU kernel of :mod:`._fused_mlp`."""
+        """Whether the MLP branch can run as one kernel of :func:`lowrank.kernels.fused_mlp` (the
+        chunked CPU node, or the Triton kernels): the kernel layer says whether one applies."""
         mlp, norm = self.mlp, self.norm2
         return (
-            x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64)
-            and isinstance(norm, ChannelLayerNorm)
+            isinstance(norm, ChannelLayerNorm)
             and norm.weight is not None
             and type(mlp.act) is nn.GELU
             and _inactive(mlp.drop1)
             and _inactive(mlp.drop2)
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
+            and mlp_backend(x, mlp.fc1.weight, mlp.act.approximate) != "reference"
         )
 
     def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + mlp(norm2(x))``: one chunked kernel on CPU (see :mod:`._fused_mlp`), else the
-        residual added in the last projection's output buffer."""
+        """``x + mlp(norm2(x))``: one kernel where the kernel layer has one (the chunked CPU node,
+        the Triton kernels), else the residual added in the last projection's output buffer."""
         mlp = self.mlp
         if self._fusable(x):
             norm, fc2 = self.norm2, mlp.fc2

@@ -22,9 +22,11 @@ Operations:
 
 * NMF layer: :func:`nmf_rank1`, :func:`nmf_rank1_factors`, :func:`nmf_iterations`
   (``cpu``: rank 1 and HALS; ``triton``: rank 1 and MU/HALS up to rank 16, M <= 128);
-* the Factorizer's MLP branch :func:`fused_mlp` (``cpu``);
+* the Factorizer's MLP branch :func:`fused_mlp` (``cpu``, ``triton``) and LayerNorm + projection
+  :func:`norm_project` (``triton``); the channel LayerNorm (:mod:`.norm`: ``cpu``, ``triton``);
 * the inference fold of windowed matricizers: :class:`LazyWindows`, :func:`fold_rank1`
-  (cache-sized chunks on ``cpu``, one chunk elsewhere);
+  (cache-sized chunks on ``cpu``, one chunk elsewhere); the two-view window fold of ``swin``
+  (``triton``: :mod:`.triton.window_ops`, called by :mod:`lowrank.matricize._windows`);
 * :func:`convolution` (``cpu``: small one-sample 3-D convs straight to oneDNN).
 
 The other factorization layers (semi-NMF, weak NMF, VQ, CD) run ``reference`` on every backend
@@ -39,7 +41,7 @@ Example:
 
 from ._switch import BACKENDS, ENV_VAR, backend_for, current, triton_available, use_kernels
 from .conv import convolution
-from .mlp import fused_mlp
+from .mlp import fused_mlp, mlp_backend, norm_project, norm_project_backend
 from .nmf import nmf_backend, nmf_iterations, nmf_rank1, nmf_rank1_factors
 from .windows import LazyWindows, chunk_elements, fold_rank1
 
@@ -53,10 +55,13 @@ __all__ = [
     "current",
     "fold_rank1",
     "fused_mlp",
+    "mlp_backend",
     "nmf_backend",
     "nmf_iterations",
     "nmf_rank1",
     "nmf_rank1_factors",
+    "norm_project",
+    "norm_project_backend",
     "triton_available",
     "use_kernels",
 ]

@@ -24,7 +24,7 @@ import os
 
 import torch
 
-__all__ = ["BACKENDS", "ENV_VAR", "backend_for", "current", "triton_available", "use_kernels"]
+__all__ = ["BACKENDS", "ENV_VAR", "backend_for", "current", "meta_as", "triton_available", "use_kernels"]
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 ENV_VAR = "LOWRANK_KERNELS"
@@ -100,11 +100,39 @@ class use_kernels:  # noqa: N801 (used like a function, as timm's ``use_fused_at
         return f"use_kernels({self.backend!r})"
 
 
+_meta_as: list[str | None] = [None]  # None: meta tensors are meta for ``auto``
+
+
+class meta_as:  # noqa: N801 (a context manager used like a function)
+    """Within the block, ``auto`` chooses for ``meta`` tensors what it would choose for tensors of
+    ``device_type`` (``"cuda"``: ``triton`` when triton imports). For counting what a CUDA run
+    launches on the meta device (``bench/count_ops.py``); the explicit backends are unchanged.
+
+    Args:
+        device_type: ``"cuda"`` or ``"cpu"`` (``cpu`` machinery still never runs on meta tensors:
+            the ``cpu`` backend falls back to ``reference`` there).
+    """
+
+    def __init__(self, device_type: str = "cuda"):
+        if device_type not in ("cuda", "cpu"):
+            raise ValueError(f"meta_as(device_type) must be 'cuda' or 'cpu', got {device_type!r}")
+        self.device_type = device_type
+        self._previous: list[str | None] = []
+
+    def __enter__(self) -> meta_as:
+        self._previous.append(_meta_as[0])
+        _meta_as[0] = self.device_type
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _meta_as[0] = self._previous.pop()
+
+
 class pinned:  # noqa: N801
     """The current setting, to re-enter later (e.g. a checkpointed recomputation in backward):
     ``with pinned():`` made at forward time runs its block under the setting active then."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.setting = current()
         self._previous: list[str | None] = []
 
@@ -128,13 +156,15 @@ def backend_for(device: torch.device, *, cpu_ok: bool = True, triton_ok: bool = 
     Returns:
         ``"reference"``, ``"cpu"`` or ``"triton"``. ``cpu`` only for CPU tensors outside
         ``torch.compile``; ``triton`` only for CUDA / meta tensors (or CPU tensors under
-        ``TRITON_INTERPRET=1``) when triton imports; otherwise ``reference``.
+        ``TRITON_INTERPRET=1``) when triton imports; otherwise ``reference``. Under
+        :class:`meta_as`, ``auto`` treats meta tensors as that device's.
     """
     setting = current()
     if setting == "auto":
-        if device.type == "cpu":
+        kind = _meta_as[0] if device.type == "meta" and _meta_as[0] is not None else device.type
+        if kind == "cpu":
             setting = "cpu"
-        elif device.type == "cuda" and triton_available():
+        elif kind == "cuda" and triton_available():
             setting = "triton"
         else:
             return "reference"

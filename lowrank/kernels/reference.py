@@ -15,7 +15,7 @@ from torch import Tensor
 from ..solvers._iterations import run_iterations
 from ..solvers._numerics import inverse_scale
 
-__all__ = ["nmf_rank1", "nmf_iterations", "mu_update", "hals_update", "fused_mlp"]
+__all__ = ["nmf_rank1", "nmf_iterations", "mu_update", "hals_update", "fused_mlp", "norm_project"]
 
 
 def _normalize(w: Tensor, delta: float) -> Tensor:
@@ -126,3 +126,11 @@ def fused_mlp(
     xhat = F.layer_norm(flat.mT, flat.shape[1:2], eps=eps).mT
     hidden = F.gelu(w1 @ xhat + b1[:, None], approximate=approximate)
     return (flat + w2 @ hidden + b2[:, None]).view(x.shape)
+
+
+def norm_project(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, relu: bool) -> Tensor:
+    """``act(W x̂ + b)``, ``x̂`` the channel-standardized ``x: (B, C, *S)``, act ReLU or none."""
+    flat = x.reshape(*x.shape[:2], -1)
+    xhat = F.layer_norm(flat.mT, flat.shape[1:2], eps=eps).mT
+    out = weight @ xhat if bias is None else weight @ xhat + bias[:, None]
+    return (out.relu() if relu else out).view(x.shape[0], -1, *x.shape[2:])

@@ -51,7 +51,7 @@ def _window_view(block: Tensor, layout: WindowLayout, view: ViewPlan) -> Tensor:
     return shaped.permute(perm)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def view_index(view: ViewPlan, spatial: tuple[int, ...], device: torch.device) -> tuple[Tensor, ...]:
     """The index tensors of one view (cached; ``O(∏ S)`` int64, independent of batch and channels).
 
@@ -89,7 +89,7 @@ def view_index(view: ViewPlan, spatial: tuple[int, ...], device: torch.device) -
     return tuple([t.to(device) if t is not None else None for t in out])
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def place_index(view: ViewPlan, spatial: tuple[int, ...], rows: int, device: torch.device) -> Tensor:
     """``(∏ S,)`` int64: the position ``g·rows·N + n`` of each voxel's column in its view block."""
     _, _, window, column = view_index(view, spatial, device)
@@ -109,11 +109,19 @@ def gather_windows(out: Tensor, source: Tensor, flat: Tensor, padding: Tensor | 
 
 
 def _scatter(x: Tensor, layout: WindowLayout, scale: float) -> Tensor:
-    """``(B, heads·M, *S) -> scale · matrices (B', M, N)``, zeros on padding (one gather per view)."""
+    """``(B, heads·M, *S) -> scale · matrices (B', M, N)``, zeros on padding (one gather per view).
+
+    The scale multiplies the matrices on the ``cpu`` kernel backend (in place, in cache after the
+    gathers), the input elsewhere (one pass over the map instead of one over every view's copy).
+    """
+    from ..kernels._switch import backend_for  # the kernel package imports this module's package
+
     bh = layout.batch * layout.heads
     rows = x.shape[1] // layout.heads
     volume = math.prod(layout.spatial)
     out = x.new_empty((layout.matrices, rows, layout.columns))
+    if scale != 1.0 and len(layout.views) > 1 and backend_for(x.device) != "cpu":
+        x, scale = x * scale, 1.0
     source = x.reshape(bh, 1, rows, volume)
     offset = 0
     for view in layout.views:
@@ -133,17 +141,23 @@ _CHUNK_ELEMENTS = 1 << 20  # the second and later views are gathered through a r
 def _gather_sum(matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
     """``(B', M, N) -> scale · Σ_views (B, heads·M, *S)`` (padding columns dropped; one gather per view).
 
-    The first view is gathered into the output; the others through a small chunk that stays in
-    cache (no second full-size temporary) and are added (two views with ``scale = 1/2``: one
-    ``lerp``, the mean in one pass).
+    The first view is gathered into the output and the others added (two views with
+    ``scale = 1/2``: one ``lerp``, the mean in one pass). On the ``cpu`` kernel backend the later
+    views go through a small chunk that stays in cache (no second full-size temporary); elsewhere
+    each is one gather and one add (on a GPU each chunk would be kernel launches).
     """
+    from ..kernels._switch import backend_for  # the kernel package imports this module's package
+
     bh = layout.batch * layout.heads
     rows = matrices.shape[1]
     volume = math.prod(layout.spatial)
     flat = matrices.contiguous()
+    backend = backend_for(matrices.device, triton_ok=len(layout.views) == 2 and matrices.is_floating_point())
+    if backend == "triton":  # one kernel: both views read, the map written once
+        return _gather_sum2(flat, layout, scale)
     out = flat.new_empty((bh, rows, volume))
     mean = len(layout.views) == 2 and scale == 0.5
-    step = max(1, _CHUNK_ELEMENTS // (bh * rows))
+    step = max(1, _CHUNK_ELEMENTS // (bh * rows)) if backend == "cpu" else volume
     offset = 0
     for number, view in enumerate(layout.views):
         count = bh * view.windows
@@ -168,6 +182,20 @@ def _gather_sum(matrices: Tensor, layout: WindowLayout, scale: float) -> Tensor:
         offset += count
     if scale != 1.0 and not mean:
         out.mul_(scale)
+    return out.view(layout.batch, layout.heads * rows, *layout.spatial)
+
+
+def _gather_sum2(flat: Tensor, layout: WindowLayout, scale: float) -> Tensor:
+    """:func:`_gather_sum` of two views as one Triton kernel (``lowrank::window_sum2``)."""
+    from ..kernels.triton.window_ops import window_sum2
+
+    bh, rows = layout.batch * layout.heads, flat.shape[1]
+    (v0, v1), device = layout.views, flat.device
+    per0, per1 = v0.windows * rows * v0.columns, v1.windows * rows * v1.columns
+    geometry = [0, per0, v0.columns, bh * per0, per1, v1.columns]
+    place0 = place_index(v0, layout.spatial, rows, device)
+    place1 = place_index(v1, layout.spatial, rows, device)
+    out = window_sum2(flat, place0, place1, geometry, bh, rows, scale)
     return out.view(layout.batch, layout.heads * rows, *layout.spatial)
 
 
