@@ -10,7 +10,7 @@ import torch
 
 from lowrank import build_net
 from lowrank.flops import count_flops
-from lowrank.nets.presets import PAPER_SPECS
+from lowrank.nets.paper_specs import PAPER_SPECS
 
 
 def _params(spec: str, cin: int, cout: int) -> int:

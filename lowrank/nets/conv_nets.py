@@ -15,7 +15,7 @@ Defaults are the papers' configurations, except deep supervision (see below):
   (``pre_unet(deep_supervision=3)``: 28.9M parameters).
 
 Deep supervision is off by default in every net (one tensor out in training, like MONAI's
-nets); the papers' configurations set it in their specs (:data:`lowrank.nets.presets.PAPER_SPECS`).
+nets); the papers' configurations set it in their specs (:data:`lowrank.nets.paper_specs.PAPER_SPECS`).
 
 Every 3×3×3 conv of the blocks (and the stem) is built from ``conv`` (``"dense"`` by default).
 

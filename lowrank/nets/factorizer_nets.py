@@ -11,7 +11,7 @@ net (one tensor out in training, like MONAI's nets): the paper's BraTS net is
 head dimension 8, patch 8, NMF rank 1 with 5 iterations, MLP ratio 2, position embedding for a
 128³ input. The ISLES configuration is ``head_dim=4, patch=4, mlp_ratio=4, pos_embed_size=64,
 deep_supervision=3`` (2 → 1 channels: 7,372,515). Both are in
-:data:`lowrank.nets.presets.PAPER_SPECS`.
+:data:`lowrank.nets.paper_specs.PAPER_SPECS`.
 
 The three nets are presets (:mod:`lowrank.preset`) of ``factorizer_net``, which takes the
 matricizer (``swin``, ``local`` or ``global``) as a keyword.
