@@ -101,12 +101,65 @@ def test_float32_matches_reference(scale):
         )  # fmt: skip
 
 
+def test_half_input_and_autocast_compute_in_float32():
+    """bf16 / fp16 inputs and autocast run the kernels in float32: under autocast the float32
+    input gives the float32 reference's values and gradients (the plain ops would round to
+    bf16); the output dtypes are the plain ops' (the residual's; a projection's autocast dtype)."""
+    x, (w1, b1, w2, b2), _ = _inputs(2, 16, 32, (5, 4, 3), 1.0, torch.float32, 4)
+    probe = torch.randn(x.shape)
+    with lowrank.use_kernels("triton"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert kernels.mlp_backend(x, w1) == "triton"
+            y = kernels.fused_mlp(x, w1, b1, w2, b2, 1e-5)
+            p = kernels.norm_project(x, w1, b1, 1e-5, True)
+        assert y.dtype == torch.float32 and p.dtype == torch.bfloat16
+        want = reference.fused_mlp(x, w1, b1, w2, b2, 1e-5, "none")
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+        g_got = torch.autograd.grad((y * probe).sum(), [x, w1, w2])
+        g_want = torch.autograd.grad((want * probe).sum(), [x, w1, w2])
+        for a, b in zip(g_got, g_want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+        torch.testing.assert_close(
+            p.float(), reference.norm_project(x, w1, b1, 1e-5, True).bfloat16().float(), rtol=1e-2, atol=1e-2
+        )
+        for half in (torch.bfloat16, torch.float16):
+            xh = x.detach().to(half).requires_grad_()
+            yh = kernels.fused_mlp(xh, w1, b1, w2, b2, 1e-5)
+            assert yh.dtype == half
+            ref = reference.fused_mlp(xh.float(), w1, b1, w2, b2, 1e-5, "none")
+            torch.testing.assert_close(yh.float(), ref.to(half).float(), rtol=2e-2, atol=2e-2)
+            (gx,) = torch.autograd.grad(yh.float().sum(), [xh])
+            assert gx.dtype == half and torch.isfinite(gx).all()
+
+
+def test_factorizer_block_under_autocast_runs_the_kernels():
+    """AMP (the default of GPU training): every Triton kernel of the block runs (the window fold of
+    bf16 matrices included: it stored garbage before its values were rounded explicitly), and
+    the result is the float32 block's up to bf16 rounding; bf16 weights and input likewise."""
+    block = build_block("factorizer(mixer=nmf(rank=1, iters=3), matricize=swin(patch=4, head_dim=8))", 16)
+    x = torch.randn(1, 16, 8, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    want = block(x)
+    with lowrank.use_kernels("triton"), torch.autocast("cpu", dtype=torch.bfloat16):
+        c = count(lambda: block(x), meta_as=None)
+        got = block(x)
+    assert {"lowrank.fused_mlp", "lowrank.norm_project"} <= set(c.by_op), c.by_op
+    torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2)
+    (gx,) = torch.autograd.grad(got.float().sum(), [x])
+    assert torch.isfinite(gx).all()
+    with lowrank.use_kernels("triton"):
+        c = count(lambda: block.bfloat16()(x.bfloat16()), meta_as=None)
+        half = block(x.detach().bfloat16())
+    assert "lowrank.window_sum2" in c.by_op, c.by_op
+    torch.testing.assert_close(half.float(), want, rtol=1e-1, atol=1e-1)
+
+
 def test_outside_the_kernels_reach_the_reference():
     x = torch.randn(1, 65, 4, 4)
     with lowrank.use_kernels("triton"):
         assert kernels.mlp_backend(x, torch.randn(130, 65)) == "reference"  # too wide
         assert kernels.mlp_backend(x[:, :8], torch.randn(16, 8), "tanh") == "reference"  # tanh GELU
-        assert kernels.mlp_backend(x[:, :8].half(), torch.randn(16, 8)) == "reference"
+        assert kernels.mlp_backend(x[:, :8].half(), torch.randn(16, 8)) == "triton"  # float32 compute
+        assert kernels.mlp_backend(x[:, :8].long(), torch.randn(16, 8)) == "reference"
         assert kernels.norm_project_backend(x, torch.randn(8, 65)) == "reference"
         assert kernels.norm_project_backend(x[:, :8], torch.randn(8, 8)) == "triton"
     assert (

@@ -1,7 +1,7 @@
 """The Factorizer's MLP branch ``x + W2 gelu(W1 x̂ + b1) + b2`` (LayerNorm without affine: folded
 into W1, b1), dispatched: ``cpu`` the chunked node of :mod:`.cpu.mlp` (float32/64, no autocast),
-``triton`` one kernel each way (:mod:`.triton.mlp_ops`: exact GELU, float32/64, no autocast,
-C <= 64, hidden <= 128), else ``reference``."""
+``triton`` one kernel each way (:mod:`.triton.mlp_ops`: exact GELU, C <= 64, hidden <= 128; float32
+compute for every input dtype and under autocast), else ``reference``."""
 
 from __future__ import annotations
 

@@ -30,4 +30,8 @@ def window_sum2(
         ok = (m[:, None] < M) & okv[None, :]
         a = tl.load(src_ptr + off0 + bh * per0 + m[:, None] * n0 + p0[None, :], mask=ok, other=0.0)
         b = tl.load(src_ptr + off1 + bh * per1 + m[:, None] * n1 + p1[None, :], mask=ok, other=0.0)
-        tl.store(out_ptr + bh * M * V + m[:, None] * V + rv[None, :], (a + b) * scale, mask=ok)
+        if src_ptr.dtype.element_ty != tl.float64:  # half inputs: add in float32, store rounded
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        value = ((a + b) * scale).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + bh * M * V + m[:, None] * V + rv[None, :], value, mask=ok)

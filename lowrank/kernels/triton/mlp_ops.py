@@ -3,8 +3,14 @@
 ``lowrank::fused_mlp`` maps ``x (B, C, V)`` and the weights to ``x + W2 gelu(W1 x̂ + b1) + b2``
 (exact GELU; ``x̂`` the channel-standardized ``x``); ``lowrank::fused_mlp_backward`` returns ``dx``
 and per-program partial weight gradients, which the autograd formula here sums (one reduction,
-visible to the op counter). Float32 / float64, C <= :data:`MAX_CHANNELS`, hidden <= :data:`MAX_HIDDEN`;
-the dispatcher :mod:`lowrank.kernels.mlp` sends other calls to ``reference``.
+visible to the op counter). C <= :data:`MAX_CHANNELS`, hidden <= :data:`MAX_HIDDEN`; the
+dispatcher :mod:`lowrank.kernels.mlp` sends other calls to ``reference``.
+
+Precision: the kernels compute in float32 (float64 for float64 input; ``tl.dot`` in IEEE
+precision, no TF32), also for bfloat16 / float16 input and under autocast: half inputs and the
+weights are cast to float32 on the way in (the casts' backward casts the gradients back), and
+the result is cast to the dtype the plain ops would return (``fused_mlp``: the input's, as the
+residual sets it; ``norm_project`` under autocast: the autocast dtype, as a projection's).
 
 ``lowrank::norm_project`` is the same for one projection: ``act(W x̂ + b)`` (ReLU or none; the
 Factorizer's LayerNorm + ``in_proj``), the standardized map never in memory.
@@ -23,16 +29,31 @@ MAX_CHANNELS, MAX_HIDDEN = 64, 128
 PROGRAMS = 512
 
 
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 for float64 input, else float32 (half inputs and autocast included)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The autocast dtype active for ``x``'s device (``cuda`` for meta tensors), or ``None``."""
+    device = "cuda" if x.device.type == "meta" else x.device.type
+    if device not in ("cuda", "cpu") or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
 def supports_mlp(x: Tensor, w1: Tensor, approximate: str) -> bool:
-    """Whether the kernels cover ``x (B, C, *S)`` with ``w1 (H, C)``: exact GELU, float32/64, no autocast."""
+    """Whether the kernels cover ``x (B, C, *S)`` with ``w1 (H, C)``: exact GELU, a floating dtype."""
     return (
         approximate == "none"
-        and x.dtype in (torch.float32, torch.float64)
+        and x.dtype in _FLOATS
         and x.ndim >= 3
         and x.numel() > 0
         and 1 <= x.shape[1] <= MAX_CHANNELS
         and 1 <= w1.shape[0] <= MAX_HIDDEN
-        and not torch.is_autocast_enabled(x.device.type if x.device.type != "meta" else "cuda")
     )
 
 
@@ -110,21 +131,21 @@ _fwd.register_autograd(_backward, setup_context=_setup)
 def fused_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, eps: float) -> Tensor:
     """``x + W2 gelu(W1 x̂ + b1) + b2`` for ``x (B, C, *S)`` (see :func:`lowrank.kernels.fused_mlp`)."""
     b, c = x.shape[:2]
-    dt = x.dtype
-    args = [t.to(dt).contiguous() for t in (w1, b1, w2, b2)]
-    return _fwd(x.contiguous().view(b, c, -1), *args, float(eps)).view(x.shape)
+    ct = _compute_dtype(x)
+    args = [t.to(ct).contiguous() for t in (w1, b1, w2, b2)]
+    y = _fwd(x.to(ct).contiguous().view(b, c, -1), *args, float(eps)).view(x.shape)
+    return y.to(x.dtype)
 
 
 # ------------------------------------------------------------- LayerNorm + projection (+ ReLU)
 def supports_norm_project(x: Tensor, weight: Tensor) -> bool:
     """Whether the kernels cover ``act(W x̂ + b)`` for ``x (B, C, *S)``, ``W (O, C)``."""
     return (
-        x.dtype in (torch.float32, torch.float64)
+        x.dtype in _FLOATS
         and x.ndim >= 3
         and x.numel() > 0
         and 1 <= x.shape[1] <= MAX_CHANNELS
         and 1 <= weight.shape[0] <= MAX_HIDDEN
-        and not torch.is_autocast_enabled(x.device.type if x.device.type != "meta" else "cuda")
     )
 
 
@@ -206,8 +227,10 @@ _proj.register_autograd(_proj_backward, setup_context=_proj_setup)
 def norm_project(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, relu: bool) -> Tensor:
     """``act(W x̂ + b)`` for ``x (B, C, *S)`` (see :func:`lowrank.kernels.norm_project`)."""
     b, c = x.shape[:2]
-    dt = x.dtype
-    w = weight.to(dt).contiguous()
-    bias = w.new_zeros(w.shape[0]) if bias is None else bias.to(dt).contiguous()
-    y = _proj(x.contiguous().view(b, c, -1), w, bias, float(eps), bool(relu))
-    return y.view(b, w.shape[0], *x.shape[2:])
+    ct = _compute_dtype(x)
+    w = weight.to(ct).contiguous()
+    bias = w.new_zeros(w.shape[0]) if bias is None else bias.to(ct).contiguous()
+    y = _proj(x.to(ct).contiguous().view(b, c, -1), w, bias, float(eps), bool(relu))
+    autocast = _autocast_dtype(x)
+    out = autocast if autocast is not None and x.dtype != torch.float64 else x.dtype
+    return y.view(b, w.shape[0], *x.shape[2:]).to(out)
