@@ -37,7 +37,26 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["add_robust_augmentation", "robust_transform"]
+__all__ = [
+    "BIAS_COEFF",
+    "BIAS_COPIES",
+    "ROBUST_PATCH",
+    "add_robust_augmentation",
+    "bias_field_copies",
+    "robust_transform",
+]
+
+#: Bias-field copies of a one-volume training set (rank normalization; :func:`bias_field_copies`).
+BIAS_COPIES = 8
+#: Their largest log-field coefficient (:func:`bias_field_copies`).
+BIAS_COEFF = 0.3
+#: The patch augmentation of ``lowrank train`` per input normalization (:func:`robust_transform`'s
+#: arguments): under the rank normalization a gamma, contrast or histogram change of the image
+#: never reaches the net, so the patches get no such change.
+ROBUST_PATCH: dict[str, dict[str, float]] = {
+    "rank": {"p": 0.15, "p_intensity": 0.0},
+    "zscore": {"p": 0.15, "p_intensity": 0.15},
+}
 
 
 def robust_transform(
@@ -47,6 +66,7 @@ def robust_transform(
     p_intensity: float = 0.15,
     rotate_deg: float = 10.0,
     scale: float = 0.1,
+    noise: float = 0.05,
 ):
     """The MONAI dictionary transform of the scanner-variation augmentation.
 
@@ -57,6 +77,7 @@ def robust_transform(
             (the largest differences between scanners).
         rotate_deg: maximal rotation per axis, in degrees.
         scale: maximal relative zoom (``1 ± scale``).
+        noise: the standard deviation of the Gaussian noise.
 
     Returns:
         A ``Compose`` over ``{"image": (C, *S), "label": (1, *S)}``.
@@ -93,25 +114,32 @@ def robust_transform(
                 mode=("bilinear", "nearest"),
                 padding_mode="zeros",
             ),
-            RandBiasFieldd(keys="image", prob=p_intensity, coeff_range=(0.0, 0.3)),
-            RandAdjustContrastd(keys="image", prob=p_intensity, gamma=(0.7, 1.5)),
-            RandHistogramShiftd(keys="image", prob=p_intensity, num_control_points=(5, 10)),
+            *(
+                [
+                    RandBiasFieldd(keys="image", prob=p_intensity, coeff_range=(0.0, 0.3)),
+                    RandAdjustContrastd(keys="image", prob=p_intensity, gamma=(0.7, 1.5)),
+                    RandHistogramShiftd(keys="image", prob=p_intensity, num_control_points=(5, 10)),
+                ]
+                if p_intensity
+                else []
+            ),
             RandGaussianSmoothd(
                 keys="image", prob=p, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0)
             ),
             RandSimulateLowResolutiond(keys="image", prob=p, zoom_range=(0.5, 1.0)),
-            RandGaussianNoised(keys="image", prob=p, std=0.05),
+            RandGaussianNoised(keys="image", prob=p, std=noise),
         ]
     )
 
 
-def add_robust_augmentation(sampler, *, p: float = 0.15, p_intensity: float = 0.15):
+def add_robust_augmentation(sampler, *, p: float = 0.15, p_intensity: float = 0.15, noise: float = 0.05):
     """Append :func:`robust_transform` to a :class:`~lowrank.data.PatchSampler`'s pipeline.
 
     Args:
         sampler: the sampler (its crops then go through the augmentation).
         p: see :func:`robust_transform`.
         p_intensity: see :func:`robust_transform`.
+        noise: see :func:`robust_transform`.
 
     Returns:
         The same sampler.
@@ -119,6 +147,50 @@ def add_robust_augmentation(sampler, *, p: float = 0.15, p_intensity: float = 0.
     from monai.transforms import Compose
 
     sampler.transform = Compose(
-        [sampler.transform, robust_transform(sampler.dims, p=p, p_intensity=p_intensity)]
+        [sampler.transform, robust_transform(sampler.dims, p=p, p_intensity=p_intensity, noise=noise)]
     )
     return sampler
+
+
+def bias_field_copies(volume, *, count: int = 8, coeff: float = 0.3, seed: int = 0) -> list:
+    """Copies of a raw volume under smooth multiplicative bias fields, each rank-normalized.
+
+    A scanner's bias field multiplies the raw intensities by a smooth field across the whole
+    head; after the rank normalization of the whole volume its effect on a patch depends on the
+    rest of the volume, so it is simulated on whole raw volumes (not on patches): each copy is
+    the volume times ``exp(P)`` with ``P`` a random degree-3 polynomial (MONAI ``RandBiasField``,
+    coefficients uniform in ``[-coeff, coeff]``: fields of about 0.5 to 2 across the head),
+    rank-normalized (:func:`lowrank.data.normalize_intensity`).
+
+    Args:
+        volume: a :class:`~lowrank.data.Volume` with raw, non-negative intensities
+            (``(C, *S)``, zero background), e.g. ``load_template(normalize=None)``.
+        count: number of copies.
+        coeff: the largest absolute polynomial coefficient of the log field.
+        seed: copy ``k`` is a pure function of ``(seed, k)``.
+
+    Returns:
+        ``count`` volumes (same label and affine, the name with ``+bias{k}``).
+
+    Raises:
+        ValueError: negative intensities (a normalized volume instead of a raw one).
+    """
+    from dataclasses import replace
+
+    import numpy as np
+    from monai.transforms import RandBiasField
+
+    from .intensity import normalize_intensity
+
+    if volume.image.min() < 0:
+        raise ValueError(
+            "bias_field_copies needs raw, non-negative intensities (the field multiplies them); "
+            "load the volume with normalize=None"
+        )
+    field = RandBiasField(degree=3, coeff_range=(-coeff, coeff), prob=1.0)
+    copies = []
+    for k in range(count):
+        field.set_random_state(seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
+        image = normalize_intensity(np.asarray(field(volume.image), dtype=np.float32), "rank")
+        copies.append(replace(volume, image=image, name=f"{volume.name}+bias{k}"))
+    return copies

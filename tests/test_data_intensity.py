@@ -1,0 +1,139 @@
+"""The input intensity normalization (:mod:`lowrank.data.intensity`): the rank transform is exactly
+invariant to monotone intensity changes, the checkpoint records the method, and ``lowrank
+predict`` (the console script, on NIfTI files the test writes) normalizes as training did."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cli_data import FAST, run, save, template
+from scipy.stats import rankdata
+
+from lowrank.data import load_template, normalize_intensity
+from lowrank.data.intensity import rank_normalize
+from lowrank.train import load_model
+from lowrank.train.checkpoint import load_checkpoint, net_info, save_checkpoint
+from lowrank.train.infer import sliding_window_predict
+
+nib = pytest.importorskip("nibabel")
+
+
+def _image(seed=0) -> np.ndarray:
+    """A ``(2, 9, 8, 7)`` image: positive values with ties and a zero background per channel."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(1, 40, size=(2, 9, 8, 7)).astype(np.float32)
+    image[0, :2] = 0
+    image[1, :, :3] = 0
+    return image
+
+
+def test_rank_is_the_mid_rank_quantile_of_the_non_zero_voxels():
+    image = _image()
+    out = normalize_intensity(image, "rank")
+    assert out.dtype == np.float32 and out.shape == image.shape
+    for c in range(2):
+        mask = image[c] != 0
+        want = (rankdata(image[c][mask], method="average") - 0.5) / mask.sum()  # independent reference
+        np.testing.assert_allclose(out[c][mask], want, rtol=0, atol=1e-6)
+        assert (out[c][~mask] == 0).all() and 0 < out[c][mask].min() and out[c][mask].max() < 1
+    assert (normalize_intensity(np.zeros((1, 3, 3, 3)), "rank") == 0).all()  # no foreground: zeros
+    assert rank_normalize(np.array([5.0])).tolist() == [0.5]
+
+
+@pytest.mark.parametrize(
+    ("change", "linear"),
+    [
+        (lambda x: 240 * (x / 40) ** 1.3, False),  # a gamma change
+        (lambda x: 0.3 * x + 2, True),  # contrast and offset (zero background kept)
+        (lambda x: np.where(x < 20, x, 20 + 5 * (x - 20)) ** 0.5, False),  # a strictly increasing curve
+    ],
+)
+def test_rank_is_invariant_to_a_monotone_intensity_change(change, linear):
+    image = _image(1)
+    changed = np.where(image != 0, change(image), 0).astype(np.float32)
+    np.testing.assert_array_equal(normalize_intensity(changed, "rank"), normalize_intensity(image, "rank"))
+    # the z-score only to a linear one: that is what the rank transform is for
+    zscores = normalize_intensity(changed, "zscore"), normalize_intensity(image, "zscore")
+    assert np.allclose(*zscores, atol=1e-4) == linear
+
+
+def test_zscore_is_mean_zero_unit_std_over_the_non_zero_voxels():
+    image = _image(2)
+    out = normalize_intensity(image, "zscore")
+    for c in range(2):
+        mask = image[c] != 0
+        want = (image[c][mask] - image[c][mask].mean()) / image[c][mask].std()
+        np.testing.assert_allclose(out[c][mask], want, rtol=1e-5, atol=1e-5)
+        assert (out[c][~mask] == 0).all()
+    np.testing.assert_array_equal(normalize_intensity(image), out)  # the function's default: z-score
+    with pytest.raises(ValueError, match="use one of rank, zscore"):
+        normalize_intensity(image, "minmax")
+
+
+def test_template_is_loaded_with_either_normalization():
+    rank, z = load_template("rank"), load_template("zscore")
+    brain = rank.image != 0
+    assert (brain == (z.image != 0)).all() and 0 < rank.image[brain].min() and rank.image.max() < 1
+    # the same order of the voxels: the rank transform of the z-scores is the rank image
+    np.testing.assert_allclose(normalize_intensity(z.image, "rank"), rank.image, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A few-step `lowrank train` run (defaults: rank normalization) and NIfTI files of the
+    template: raw, and after a gamma change of its intensities."""
+    root = tmp_path_factory.mktemp("intensity")
+    image, _, affine = template()
+    result = run("train", *FAST, "--holdout", "0.5", "0.56", "--out", root / "run", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    top = float(image.max())
+    save(root / "t1.nii.gz", image, affine)
+    save(root / "gamma.nii.gz", (top * (image / top) ** 1.4).astype(np.float32), affine)
+    return root
+
+
+def test_checkpoint_records_the_normalization_and_old_ones_read_as_zscore(run_dir, tmp_path):
+    state = load_checkpoint(run_dir / "run" / "checkpoint.pt")
+    assert net_info(state)["normalize"] == "rank"
+    assert json.loads(state["config"])["normalize"] == "rank"
+    assert json.loads(state["config"])["robust_augment"] is True  # the default run augments
+    # a checkpoint written before the normalization was recorded was trained on z-scores
+    net = json.loads(state["net"])
+    del net["normalize"]
+    save_checkpoint(tmp_path / "old.pt", {**state, "net": json.dumps(net)})
+    assert net_info(load_checkpoint(tmp_path / "old.pt"))["normalize"] == "zscore"
+
+
+def _predict(root, checkpoint, image, out, tmp_path) -> np.ndarray:
+    out = tmp_path / out
+    result = run(
+        "predict", checkpoint, root / image, "-o", out, "--overlap", "0", "--save-probabilities", "--quiet"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    probabilities = out.with_name(out.name.replace(".nii.gz", "_probabilities.nii.gz"))
+    return np.asarray(nib.load(str(probabilities)).dataobj)
+
+
+def test_predict_normalizes_as_training_did(run_dir, tmp_path):
+    ckpt = run_dir / "run" / "checkpoint.pt"
+    probs = _predict(run_dir, ckpt, "t1.nii.gz", "seg.nii.gz", tmp_path)
+    # the same probabilities as the net on the rank-normalized image
+    model, info = load_model(ckpt)
+    image, _, _ = template()
+    x = torch.from_numpy(normalize_intensity(image[None], "rank"))
+    want = sliding_window_predict(model, x, info["patch"], overlap=0.0).numpy()
+    np.testing.assert_allclose(np.moveaxis(probs, -1, 0), want, atol=1e-5)
+    # a gamma change of the input changes nothing
+    np.testing.assert_array_equal(_predict(run_dir, ckpt, "gamma.nii.gz", "g.nii.gz", tmp_path), probs)
+    # the same weights recorded as z-score-trained: predict z-scores the image instead
+    state = load_checkpoint(ckpt)
+    net = {**json.loads(state["net"]), "normalize": "zscore"}
+    save_checkpoint(tmp_path / "z.pt", {**state, "net": json.dumps(net)})
+    zprobs = _predict(run_dir, tmp_path / "z.pt", "t1.nii.gz", "z.nii.gz", tmp_path)
+    x = torch.from_numpy(normalize_intensity(image[None], "zscore"))
+    want = sliding_window_predict(model, x, info["patch"], overlap=0.0)
+    np.testing.assert_allclose(np.moveaxis(zprobs, -1, 0), want.numpy(), atol=1e-5)
+    assert not np.allclose(zprobs, probs, atol=1e-3)
