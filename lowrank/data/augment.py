@@ -37,23 +37,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = [
-    "BIAS_COEFF",
-    "BIAS_COPIES",
-    "ROBUST_PATCH",
-    "add_robust_augmentation",
-    "bias_field_copies",
-    "robust_transform",
-]
+__all__ = ["ROBUST_PATCH", "add_robust_augmentation", "robust_transform"]
 
-#: Bias-field copies of a one-volume training set (rank normalization; :func:`bias_field_copies`).
-BIAS_COPIES = 8
-#: Their largest log-field coefficient (:func:`bias_field_copies`).
-BIAS_COEFF = 0.3
 #: The patch augmentation of ``lowrank train`` per input normalization (:func:`robust_transform`'s
-#: arguments): under the rank normalization a gamma, contrast or histogram change of the image
-#: never reaches the net, so the patches get no such change.
+#: arguments): under the rank normalizations a gamma, contrast or histogram change of the image
+#: never reaches the net (and under ``debias_rank`` neither does a smooth bias field), so their
+#: patches get no such change.
 ROBUST_PATCH: dict[str, dict[str, float]] = {
+    "debias_rank": {"p": 0.15, "p_intensity": 0.0},
     "rank": {"p": 0.15, "p_intensity": 0.0},
     "zscore": {"p": 0.15, "p_intensity": 0.15},
 }
@@ -151,46 +142,3 @@ def add_robust_augmentation(sampler, *, p: float = 0.15, p_intensity: float = 0.
     )
     return sampler
 
-
-def bias_field_copies(volume, *, count: int = 8, coeff: float = 0.3, seed: int = 0) -> list:
-    """Copies of a raw volume under smooth multiplicative bias fields, each rank-normalized.
-
-    A scanner's bias field multiplies the raw intensities by a smooth field across the whole
-    head; after the rank normalization of the whole volume its effect on a patch depends on the
-    rest of the volume, so it is simulated on whole raw volumes (not on patches): each copy is
-    the volume times ``exp(P)`` with ``P`` a random degree-3 polynomial (MONAI ``RandBiasField``,
-    coefficients uniform in ``[-coeff, coeff]``: fields of about 0.5 to 2 across the head),
-    rank-normalized (:func:`lowrank.data.normalize_intensity`).
-
-    Args:
-        volume: a :class:`~lowrank.data.Volume` with raw, non-negative intensities
-            (``(C, *S)``, zero background), e.g. ``load_template(normalize=None)``.
-        count: number of copies.
-        coeff: the largest absolute polynomial coefficient of the log field.
-        seed: copy ``k`` is a pure function of ``(seed, k)``.
-
-    Returns:
-        ``count`` volumes (same label and affine, the name with ``+bias{k}``).
-
-    Raises:
-        ValueError: negative intensities (a normalized volume instead of a raw one).
-    """
-    from dataclasses import replace
-
-    import numpy as np
-    from monai.transforms import RandBiasField
-
-    from .intensity import normalize_intensity
-
-    if volume.image.min() < 0:
-        raise ValueError(
-            "bias_field_copies needs raw, non-negative intensities (the field multiplies them); "
-            "load the volume with normalize=None"
-        )
-    field = RandBiasField(degree=3, coeff_range=(-coeff, coeff), prob=1.0)
-    copies = []
-    for k in range(count):
-        field.set_random_state(seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
-        image = normalize_intensity(np.asarray(field(volume.image), dtype=np.float32), "rank")
-        copies.append(replace(volume, image=image, name=f"{volume.name}+bias{k}"))
-    return copies

@@ -295,7 +295,7 @@ def load_dataset(
     classes: Sequence[str] | None = None,
     spacing: Sequence[float] | None = None,
     nan_to_num: bool = False,
-    normalize: Literal["rank", "zscore"] | None = "zscore",
+    normalize: Literal["debias_rank", "rank", "zscore"] = "zscore",
 ) -> Dataset:
     """Read every case of a dataset (see :func:`find_dataset`) as normalized volumes.
 

@@ -95,7 +95,7 @@ def require_nibabel():
     return nibabel
 
 
-def load_template(normalize: Literal["rank", "zscore"] | None = "zscore") -> Volume:
+def load_template(normalize: Literal["debias_rank", "rank", "zscore"] = "zscore") -> Volume:
     """The embedded MNI ICBM152 2009a template at 2 mm with its 4-class label map.
 
     Args:

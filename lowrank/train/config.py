@@ -106,12 +106,14 @@ class TrainConfig:
         report: write the PNG figures at the end.
         quiet: no progress bar or summary.
         robust_augment: add the scanner-variation augmentation of
-            :mod:`lowrank.data.augment` (bias field, noise, smoothing, low resolution, small
-            rotations and scalings) to the training patches (``--no-robust-augment``: off).
-        normalize: the input intensity normalization, per channel over the non-zero voxels:
-            ``"rank"`` (quantiles in (0, 1): exactly invariant to a gamma or contrast change)
-            or ``"zscore"``; recorded in the checkpoint, ``lowrank predict`` and ``evaluate``
-            use the same (:func:`lowrank.data.normalize_intensity`).
+            :mod:`lowrank.data.augment` (noise, smoothing, low resolution, small rotations and
+            scalings; with ``--normalize zscore`` also bias field, gamma and histogram shift) to
+            the training patches (``--no-robust-augment``: off).
+        normalize: the input intensity normalization, per channel over the non-zero voxels
+            (:func:`lowrank.data.normalize_intensity`): ``"debias_rank"`` (a smooth
+            multiplicative field removed, then quantiles in (0, 1): invariant to a scaling, a gamma
+            change and a polynomial bias field), ``"rank"`` (quantiles only) or
+            ``"zscore"``. Recorded in the checkpoint; ``lowrank predict`` normalizes the same way.
     """
 
     spec: str = DEFAULT_SPEC
@@ -146,7 +148,7 @@ class TrainConfig:
     report: bool = True
     quiet: bool = False
     robust_augment: bool = True
-    normalize: Literal["rank", "zscore"] = "rank"
+    normalize: Literal["debias_rank", "rank", "zscore"] = "debias_rank"
 
     def __post_init__(self):
         if self.dims not in (2, 3):
@@ -383,7 +385,7 @@ def load_split(
     val_cases=None,
     spacing=None,
     nan_to_num: bool = False,
-    normalize: Literal["rank", "zscore"] | None = "zscore",
+    normalize: Literal["debias_rank", "rank", "zscore"] = "zscore",
 ) -> DataSplit:
     """The embedded template (or the user's cases) split into training and validation.
 

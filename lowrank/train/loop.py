@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import build_net
-from ..data.augment import BIAS_COEFF, BIAS_COPIES, ROBUST_PATCH
+from ..data.augment import ROBUST_PATCH
 from ..data.loader import patch_loader
 from ..spec import SpecError
 from ..spec_values import spec_text
@@ -108,26 +108,6 @@ def _resume_state(cfg: TrainConfig, path: Path, net: dict) -> dict | None:
     return state
 
 
-def _training_volumes(cfg: TrainConfig, split) -> list:
-    """The training volumes, with bias-field copies of a one-volume dataset (rank normalization
-    and ``robust_augment``; see :func:`lowrank.data.augment.bias_field_copies`)."""
-    if not (cfg.robust_augment and cfg.normalize == "rank" and split.slab is not None):
-        return list(split.train)
-    from ..data import split_slab
-    from ..data.augment import bias_field_copies
-
-    raw = load_split(
-        cfg.data,
-        cfg.holdout,
-        classes=cfg.classes,
-        nan_to_num=cfg.nan_to_num,
-        spacing=cfg.spacing,
-        normalize=None,
-    ).full
-    copies = bias_field_copies(raw, count=BIAS_COPIES, coeff=BIAS_COEFF, seed=cfg.seed)
-    return list(split.train) + [piece for copy in copies for piece in split_slab(copy, cfg.holdout)[0]]
-
-
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a net on the embedded template (or ``cfg.data``) and write ``cfg.out``.
 
@@ -174,7 +154,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         model = _build(cfg, split.in_channels, k).to(device)
     from ..data import PatchSampler
 
-    sampler = PatchSampler(_training_volumes(cfg, split), cfg.patch, seed=cfg.seed)
+    sampler = PatchSampler(split.train, cfg.patch, seed=cfg.seed)
     if cfg.robust_augment:  # scanner variations (lowrank/data/augment.py)
         from ..data.augment import add_robust_augmentation
 
