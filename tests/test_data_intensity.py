@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from cli_data import FAST, run, save, template
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
 
 from lowrank.data import load_template, normalize_intensity
 from lowrank.data.intensity import rank_normalize, remove_smooth_field
@@ -30,17 +30,19 @@ def _image(seed=0) -> np.ndarray:
     return image
 
 
-def test_rank_is_the_mid_rank_quantile_of_the_non_zero_voxels():
+def test_rank_is_the_normal_score_of_the_mid_rank_of_the_non_zero_voxels():
     image = _image()
     out = normalize_intensity(image, "rank")
     assert out.dtype == np.float32 and out.shape == image.shape
     for c in range(2):
         mask = image[c] != 0
-        want = (rankdata(image[c][mask], method="average") - 0.5) / mask.sum()  # independent reference
-        np.testing.assert_allclose(out[c][mask], want, rtol=0, atol=1e-6)
-        assert (out[c][~mask] == 0).all() and 0 < out[c][mask].min() and out[c][mask].max() < 1
+        quantile = (rankdata(image[c][mask], method="average") - 0.5) / mask.sum()  # independent reference
+        np.testing.assert_allclose(rank_normalize(image[c][mask]), quantile, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out[c][mask], norm.ppf(quantile), rtol=0, atol=1e-5)
+        assert (out[c][~mask] == 0).all() and np.isfinite(out).all()
     assert (normalize_intensity(np.zeros((1, 3, 3, 3)), "rank") == 0).all()  # no foreground: zeros
     assert rank_normalize(np.array([5.0])).tolist() == [0.5]
+    assert normalize_intensity(np.full((1, 2, 2, 2), 7.0), "rank").tolist() == np.zeros((1, 2, 2, 2)).tolist()
 
 
 @pytest.mark.parametrize(
@@ -85,7 +87,7 @@ def test_debias_rank_is_invariant_to_a_bias_field_and_a_gamma_change():
     biased = (image * _field(shape)).astype(np.float32)
     gamma = (image**1.4).astype(np.float32)
     clean = normalize_intensity(image, "debias_rank")
-    assert clean.dtype == np.float32 and (clean[image == 0] == 0).all() and 0 < clean[image > 0].min()
+    assert clean.dtype == np.float32 and (clean[image == 0] == 0).all() and np.isfinite(clean).all()
     # the field changes the ranks of the plain rank transform, not those of debias_rank
     plain = np.abs(normalize_intensity(biased, "rank") - normalize_intensity(image, "rank")).mean()
     assert plain > 0.05
@@ -108,9 +110,10 @@ def test_zscore_is_mean_zero_unit_std_over_the_non_zero_voxels():
 
 def test_template_is_loaded_with_each_normalization():
     rank, z, debiased = load_template("rank"), load_template("zscore"), load_template("debias_rank")
-    brain = rank.image != 0
-    assert (brain == (z.image != 0)).all() and 0 < rank.image[brain].min() and rank.image.max() < 1
-    assert (brain == (debiased.image != 0)).all() and 0 < debiased.image[brain].min()
+    brain = z.image != 0  # (a voxel at the median of the brain gets the normal score 0 too)
+    assert not rank.image[~brain].any() and not debiased.image[~brain].any()
+    for vol in (rank, debiased):  # normal scores: about mean 0, std 1 (the median voxel is 0)
+        assert abs(vol.image[brain].mean()) < 0.01 and abs(vol.image[brain].std() - 1) < 0.05
     # the same order of the voxels: the rank transform of the z-scores is the rank image
     np.testing.assert_allclose(normalize_intensity(z.image, "rank"), rank.image, atol=1e-6)
 
@@ -162,7 +165,7 @@ def test_predict_normalizes_as_training_did(run_dir, tmp_path):
     np.testing.assert_allclose(np.moveaxis(probs, -1, 0), want, atol=1e-5)
     # a gamma change of the input changes nothing
     gamma = _predict(run_dir, ckpt, "gamma.nii.gz", "g.nii.gz", tmp_path)
-    np.testing.assert_allclose(gamma, probs, atol=1e-4)
+    np.testing.assert_allclose(gamma, probs, atol=2e-3)  # up to the ties of the brightest 30 %
     # the same weights recorded as z-score-trained: predict z-scores the image instead
     state = load_checkpoint(ckpt)
     net = {**json.loads(state["net"]), "normalize": "zscore"}

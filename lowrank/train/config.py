@@ -111,8 +111,8 @@ class TrainConfig:
             the training patches (``--no-robust-augment``: off).
         normalize: the input intensity normalization, per channel over the non-zero voxels
             (:func:`lowrank.data.normalize_intensity`): ``"debias_rank"`` (a smooth
-            multiplicative field removed, then quantiles in (0, 1): invariant to a scaling, a gamma
-            change and a polynomial bias field), ``"rank"`` (quantiles only) or
+            multiplicative field removed, then the normal scores of the ranks: invariant to a
+            scaling, a gamma change and a polynomial bias field), ``"rank"`` (the scores only) or
             ``"zscore"``. Recorded in the checkpoint; ``lowrank predict`` normalizes the same way.
     """
 
