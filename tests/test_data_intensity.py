@@ -175,3 +175,23 @@ def test_predict_normalizes_as_training_did(run_dir, tmp_path):
     want = sliding_window_predict(model, x, info["patch"], overlap=0.0)
     np.testing.assert_allclose(np.moveaxis(zprobs, -1, 0), want.numpy(), atol=1e-5)
     assert not np.allclose(zprobs, probs, atol=1e-3)
+
+
+def test_resume_of_a_checkpoint_without_a_recorded_normalization_keeps_the_zscore(run_dir, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir / "run", old)
+    state = load_checkpoint(old / "checkpoint.pt")
+    net, config = json.loads(state["net"]), json.loads(state["config"])
+    del net["normalize"], config["normalize"], config["robust_augment"]
+    save_checkpoint(old / "checkpoint.pt", {**state, "net": json.dumps(net), "config": json.dumps(config)})
+    result = run("train", "--out", old, "--resume", "--steps", "3", "--quiet", "--no-report")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = load_checkpoint(old / "checkpoint.pt")
+    assert json.loads(resumed["config"])["normalize"] == "zscore"
+    assert json.loads(resumed["config"])["robust_augment"] is False
+    assert net_info(resumed)["normalize"] == "zscore"
+    # asking for another normalization on resume is refused, naming the checkpoint's
+    result = run("train", "--out", old, "--resume", "--steps", "4", "--normalize", "rank", "--quiet")
+    assert result.returncode == 2 and "--normalize 'zscore'" in result.stderr, result.stderr[-2000:]

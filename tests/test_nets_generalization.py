@@ -88,7 +88,6 @@ def variant_predictions(model, info) -> tuple[dict, dict, object]:
     Returns:
         ``(dice {variant: {class: dice}}, {variant: (raw slab (X, Y, Z), prediction)}, split)``.
     """
-    from lowrank.data import normalize_intensity
     from lowrank.train.config import load_split
     from lowrank.train.infer import segmentation_metrics, sliding_window_predict
 
