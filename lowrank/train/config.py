@@ -105,10 +105,10 @@ class TrainConfig:
         sw_batch: windows per forward pass at validation.
         report: write the PNG figures at the end.
         quiet: no progress bar or summary.
-        robust_augment: add the scanner-variation augmentation of
-            :mod:`lowrank.data.augment` (noise, smoothing, low resolution, small rotations and
-            scalings; with ``--normalize zscore`` also bias field, gamma and histogram shift) to
-            the training patches (``--no-robust-augment``: off).
+        robust_augment: add the scanner-variation augmentation of ``lowrank.data.augment`` to
+            the training patches (``--no-robust-augment``: off): with ``--normalize
+            debias_rank`` or ``rank`` Gaussian noise; with ``zscore`` also bias field, gamma,
+            histogram shift, smoothing, lower resolution, small rotations and scalings.
         normalize: the input intensity normalization, per channel over the non-zero voxels
             (:func:`lowrank.data.normalize_intensity`): ``"debias_rank"`` (a smooth
             multiplicative field removed, then the normal scores of the ranks: invariant to a
