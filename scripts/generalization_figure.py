@@ -1,8 +1,10 @@
 """The generalization figure of the training guide: a trained checkpoint on unseen images.
 
-Rows: the held-out slab of the template, clean and after a synthetic bias field, gamma change
-and noise (with their Dice against the known labels), and the real T1 of another subject
-shipped in nibabel's test data (``nibabel/tests/data/anatomical.nii``, no labels). Run after
+Columns: the held-out slab of the template, clean and after a synthetic bias field, gamma change
+and noise of its raw intensities (``tests/test_nets_generalization.py``: ``variants``), each
+normalized as ``lowrank predict`` does, with their Dice against the known labels; and the real
+T1 of another subject shipped in nibabel's test data (``nibabel/tests/data/anatomical.nii``, no
+labels) through ``predict_array``. Rows: the raw image, and the prediction over it. Run after
 ``lowrank train``::
 
     python scripts/generalization_figure.py runs/default/checkpoint.pt docs/guides/_static/generalization.png
@@ -16,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -27,12 +28,10 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import nibabel
-    from test_nets_generalization import variants
+    from test_nets_generalization import variant_predictions
 
     from lowrank.data import read_nifti
     from lowrank.train import load_model
-    from lowrank.train.config import load_split
-    from lowrank.train.infer import segmentation_metrics, sliding_window_predict
     from lowrank.train.predict import predict_array
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,15 +39,12 @@ def main() -> None:
     parser.add_argument("out")
     args = parser.parse_args()
     model, info = load_model(args.checkpoint)
-    split = load_split()
-    val = split.val[0]
+    dice, shown, _ = variant_predictions(model, info)
     panels = []
-    for name, image in variants(val.image).items():
-        probs = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(image)), info["patch"])
-        pred = probs.argmax(0).numpy()
-        dice = segmentation_metrics(pred, val.label[0], split.classes, val.spacing)
-        title = f"template, {name}\nGM {dice['gm']['dice']:.3f}  WM {dice['wm']['dice']:.3f}"
-        panels.append((title, image[0], pred))
+    for name, (image, pred) in shown.items():
+        title = f"template, {name}\nGM {dice[name]['gm']:.3f}  WM {dice[name]['wm']:.3f}"
+        panels.append((title, image, pred))
+        print(name, {c: round(d, 3) for c, d in dice[name].items()})
     path = Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"
     array, _ = read_nifti([path])
     pred = predict_array(model, info, array)

@@ -14,7 +14,8 @@ Layouts read by :func:`find_dataset` (and so by ``lowrank train --data``):
 
 Every case is read RAS-oriented and checked (finite voxels, integer labels, shapes), resampled
 to one voxel size when the cases differ (MONAI ``Spacingd``: trilinear for images, nearest for
-labels; the median spacing unless one is given), and z-score normalized per channel.
+labels; the median spacing unless one is given), and normalized per channel
+(:func:`lowrank.data.normalize_intensity`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -294,6 +295,7 @@ def load_dataset(
     classes: Sequence[str] | None = None,
     spacing: Sequence[float] | None = None,
     nan_to_num: bool = False,
+    normalize: Literal["debias_rank", "rank", "zscore"] = "zscore",
 ) -> Dataset:
     """Read every case of a dataset (see :func:`find_dataset`) as normalized volumes.
 
@@ -303,6 +305,7 @@ def load_dataset(
         spacing: resample every case to this voxel size (mm); default: the median spacing of
             the cases when they differ, else none.
         nan_to_num: set NaN/Inf voxels to 0 instead of refusing the file.
+        normalize: the intensity normalization (:func:`lowrank.data.normalize_intensity`).
 
     Returns:
         The :class:`Dataset` with ``volumes`` (one per case, RAS) and ``spacing`` filled in.
@@ -353,7 +356,7 @@ def load_dataset(
             affine = new_affine
         volumes.append(
             Volume(
-                image=normalize_intensity(image),
+                image=normalize_intensity(image, normalize),
                 label=np.rint(label).astype(np.int64),
                 affine=affine,
                 classes=tuple(names),

@@ -1,8 +1,9 @@
 """Volumes: the embedded MNI template, the user's NIfTI files, and the spatial hold-out.
 
-Every volume is held channel-first and intensity-normalized the same way (z-score over the
-non-zero voxels of each channel, MONAI ``NormalizeIntensity(nonzero=True, channel_wise=True)``),
-so training on the template, training on ``--data`` and ``lowrank predict`` see one pipeline.
+Every volume is held channel-first and intensity-normalized by one function,
+:func:`lowrank.data.normalize_intensity` (per channel over the non-zero voxels: a z-score, or the
+rank transform that ``lowrank train`` uses by default; the checkpoint records which), so training
+on the template, training on ``--data`` and ``lowrank predict`` see one pipeline.
 
 Example:
     >>> from lowrank.data import load_template, split_slab
@@ -21,8 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+
+from .intensity import normalize_intensity
 
 __all__ = [
     "Volume",
@@ -91,23 +95,11 @@ def require_nibabel():
     return nibabel
 
 
-def normalize_intensity(image: np.ndarray) -> np.ndarray:
-    """Z-score each channel over its non-zero voxels (MONAI ``NormalizeIntensity``).
+def load_template(normalize: Literal["debias_rank", "rank", "zscore"] = "zscore") -> Volume:
+    """The embedded MNI ICBM152 2009a template at 2 mm with its 4-class label map.
 
     Args:
-        image: ``(C, *S)``.
-
-    Returns:
-        ``(C, *S)`` float32; zero voxels stay zero.
-    """
-    from monai.transforms import NormalizeIntensity
-
-    out = NormalizeIntensity(nonzero=True, channel_wise=True)(np.asarray(image, dtype=np.float32))
-    return np.asarray(out, dtype=np.float32)
-
-
-def load_template() -> Volume:
-    """The embedded MNI ICBM152 2009a template at 2 mm with its 4-class label map.
+        normalize: the intensity normalization (:func:`lowrank.data.normalize_intensity`).
 
     Returns:
         A :class:`Volume` with ``image (1, 75, 93, 79)`` and ``label (1, 75, 93, 79)`` (0
@@ -118,7 +110,7 @@ def load_template() -> Volume:
             image, label = data["image"], data["label"]
             affine, classes = data["affine"], tuple(str(c) for c in data["classes"])
     return Volume(
-        image=normalize_intensity(image[None].astype(np.float32)),
+        image=normalize_intensity(image[None].astype(np.float32), normalize),
         label=label[None].astype(np.uint8),
         affine=affine.astype(np.float64),
         classes=classes,

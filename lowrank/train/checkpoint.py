@@ -255,5 +255,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def net_info(state: dict[str, Any]) -> dict[str, Any]:
-    """The ``net`` entry of a checkpoint (channels, dims, classes, spacing, patch) as a dict."""
-    return json.loads(state["net"])
+    """The ``net`` entry of a checkpoint (channels, dims, classes, spacing, patch, the input
+    normalization) as a dict; ``normalize`` is ``"zscore"`` for checkpoints that predate it."""
+    from ..data.intensity import LEGACY_NORMALIZATION
+
+    info = json.loads(state["net"])
+    info.setdefault("normalize", LEGACY_NORMALIZATION)
+    return info

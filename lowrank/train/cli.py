@@ -106,7 +106,7 @@ def _train_options(args: argparse.Namespace) -> dict:
     import json
 
     from .checkpoint import load_checkpoint
-    from .config import TrainConfig, load_config_file
+    from .config import LEGACY_OPTIONS, TrainConfig, load_config_file
     from .loop import CHECKPOINT
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -117,7 +117,7 @@ def _train_options(args: argparse.Namespace) -> dict:
     out = given.get("out", from_file.get("out", TrainConfig.out))
     path = Path(out) / CHECKPOINT
     if resume and path.exists():
-        saved = json.loads(load_checkpoint(path)["config"])
+        saved = {**LEGACY_OPTIONS, **json.loads(load_checkpoint(path)["config"])}
         options.update({k: v for k, v in saved.items() if k in names and k not in ("out", "resume", "quiet")})
     options.update(from_file)
     options.update(given)

@@ -24,14 +24,15 @@ __all__ = [
     "load_config_file",
     "default_lr",
     "unwrap_type",
+    "LEGACY_OPTIONS",
 ]
 
-#: The default net: a small Swin Factorizer (88k parameters), 41 s of training on a 2-core CPU.
+#: The default net: a small Swin Factorizer (88k parameters).
 DEFAULT_SPEC = (
     "swin_factorizer(channels=[8, 16, 32, 64], head_dim=4, patch=4, deep_supervision=2, pos_embed_size=none)"
 )
 #: Steps of the default run.
-DEFAULT_STEPS = 400
+DEFAULT_STEPS = 800
 #: Peak AdamW learning rates when ``--lr`` is not given: small nets / the rest (see :func:`default_lr`).
 SMALL_NET_LR, LARGE_NET_LR = 2e-2, 3e-3
 #: Nets with fewer parameters than this count as small.
@@ -104,10 +105,15 @@ class TrainConfig:
         sw_batch: windows per forward pass at validation.
         report: write the PNG figures at the end.
         quiet: no progress bar or summary.
-        robust_augment: add the scanner-variation augmentation of
-            :mod:`lowrank.data.augment` (bias field, gamma, histogram shift, noise, smoothing,
-            low resolution, small rotations and scalings) to the training patches (opt-in: see
-            that module for what it measured).
+        robust_augment: add the scanner-variation augmentation of ``lowrank.data.augment`` to
+            the training patches (``--no-robust-augment``: off): with ``--normalize
+            debias_rank`` or ``rank`` Gaussian noise; with ``zscore`` also bias field, gamma,
+            histogram shift, smoothing, lower resolution, small rotations and scalings.
+        normalize: the input intensity normalization, per channel over the non-zero voxels
+            (:func:`lowrank.data.normalize_intensity`): ``"debias_rank"`` (a smooth
+            multiplicative field removed, then the normal scores of the ranks: invariant to a
+            scaling, a gamma change and a polynomial bias field), ``"rank"`` (the scores only) or
+            ``"zscore"``. Recorded in the checkpoint; ``lowrank predict`` normalizes the same way.
     """
 
     spec: str = DEFAULT_SPEC
@@ -141,7 +147,8 @@ class TrainConfig:
     sw_batch: int = 4
     report: bool = True
     quiet: bool = False
-    robust_augment: bool = False
+    robust_augment: bool = True
+    normalize: Literal["debias_rank", "rank", "zscore"] = "debias_rank"
 
     def __post_init__(self):
         if self.dims not in (2, 3):
@@ -247,6 +254,11 @@ RESUMABLE = frozenset(
         "quiet",
     }
 )
+
+
+#: The values of options that checkpoints written before the option existed were trained with
+#: (``--resume`` of such a checkpoint keeps them).
+LEGACY_OPTIONS = {"robust_augment": False, "normalize": "zscore"}
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -373,21 +385,25 @@ def load_split(
     val_cases=None,
     spacing=None,
     nan_to_num: bool = False,
+    normalize: Literal["debias_rank", "rank", "zscore"] = "zscore",
 ) -> DataSplit:
     """The embedded template (or the user's cases) split into training and validation.
 
     One volume: a z-slab is held out (see :func:`lowrank.data.split_slab`). Several cases: whole
     cases are held out (see :func:`lowrank.data.split_cases`: ``fold``, ``val_cases``, the
     dataset's own validation list, else the last ``max(1, round(0.2 n))`` cases by name).
+    ``normalize``: the intensity normalization (:func:`lowrank.data.normalize_intensity`).
     """
     if data is None:
         if spacing is not None:
             raise ValueError("--spacing resamples --data; the embedded template stays at 2 mm")
-        volumes, val_names, channels = [load_template()], None, ("T1",)
+        volumes, val_names, channels = [load_template(normalize)], None, ("T1",)
         if classes:
             volumes = [_renamed(volumes[0], classes)]
     else:
-        dataset = load_dataset(data, classes=classes, spacing=spacing, nan_to_num=nan_to_num)
+        dataset = load_dataset(
+            data, classes=classes, spacing=spacing, nan_to_num=nan_to_num, normalize=normalize
+        )
         volumes, val_names, channels = dataset.volumes, dataset.validation, dataset.channels
     first = volumes[0]
     if len(volumes) == 1:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import build_net
+from ..data.augment import ROBUST_PATCH
 from ..data.loader import patch_loader
 from ..spec import SpecError
 from ..spec_values import spec_text
@@ -37,7 +38,7 @@ from .checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from .config import RESUMABLE, TrainConfig, default_lr, load_split
+from .config import LEGACY_OPTIONS, RESUMABLE, TrainConfig, default_lr, load_split
 from .infer import autocast_context, mean_metric
 from .report import data_text, validation_text, write_text_atomic
 from .steps import (
@@ -89,11 +90,12 @@ def _resume_state(cfg: TrainConfig, path: Path, net: dict) -> dict | None:
     saved = json.loads(state.get("config") or "{}")
     now = json.loads(cfg.to_json())
     for key, value in now.items():
-        if key in RESUMABLE or key == "spec" or key not in saved or saved[key] == value:
+        before = saved.get(key, LEGACY_OPTIONS.get(key, value))  # an option the checkpoint predates
+        if key in RESUMABLE or key == "spec" or before == value:
             continue
         flag = "--" + key.replace("_", "-")
         raise CheckpointError(
-            f"--resume: {path} was trained with {flag} {saved[key]!r}, this run asks {value!r}; on resume "
+            f"--resume: {path} was trained with {flag} {before!r}, this run asks {value!r}; on resume "
             f"only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE - {'out', 'resume'}))} "
             f"may change: leave {flag} out (or give the same value), or train into another --out"
         )
@@ -142,6 +144,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         val_cases=cfg.val_cases,
         spacing=cfg.spacing,
         nan_to_num=cfg.nan_to_num,
+        normalize=cfg.normalize,
     )
     k = len(split.classes)
     if cfg.data is not None and info.is_main and not cfg.quiet:
@@ -155,7 +158,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.robust_augment:  # scanner variations (lowrank/data/augment.py)
         from ..data.augment import add_robust_augmentation
 
-        add_robust_augmentation(sampler)
+        add_robust_augmentation(sampler, **ROBUST_PATCH[cfg.normalize])
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     spacing = list(split.full.spacing)
@@ -167,6 +170,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         "classes": list(split.classes),
         "spacing": spacing,
         "channels": list(split.channels),
+        "normalize": cfg.normalize,  # the input normalization predict and evaluate repeat
         # fraction of zero voxels in the training images (skull-stripped data: a large one)
         "zero_fraction": float(np.mean([np.mean(np.all(v.image == 0, axis=0)) for v in split.train])),
     }
@@ -333,6 +337,7 @@ def _finish(cfg, model, split, history, n_params, device, info, out: Path) -> di
         "threads": torch.get_num_threads(),
         "classes": list(split.classes[1:]),
         "channels": list(split.channels),
+        "normalize": cfg.normalize,  # the input normalization predict and evaluate repeat
         "spacing_mm": [round(s, 4) for s in split.full.spacing],
         "dice": {c: round(m["dice"], 4) for c, m in final.items()},
         "hd95_mm": {c: (round(m["hd95"], 3) if math.isfinite(m["hd95"]) else None) for c, m in final.items()},

@@ -95,6 +95,9 @@ def predict_array(
 ) -> np.ndarray:
     """Segment a raw (un-normalized) ``(C, X, Y, Z)`` RAS array on the training grid.
 
+    The image is normalized as the net's training data was (``info["normalize"]``, see
+    :func:`lowrank.data.normalize_intensity`).
+
     Args:
         tta: average the probabilities over flips along every spatial axis (2^3 passes in 3-D).
         probabilities: return the ``(K, X, Y, Z)`` float32 probabilities instead of the labels.
@@ -111,7 +114,7 @@ def predict_array(
             f"{_channel_names(info)}: give a 4-D NIfTI (channels last) or one file per channel"
         )
     device = next(model.parameters()).device
-    x = torch.from_numpy(normalize_intensity(image)).to(device)
+    x = torch.from_numpy(normalize_intensity(image, info.get("normalize", "zscore"))).to(device)
     axes = list(range(1, 1 + len(info["patch"]))) if tta else []
     probs = None
     for n in range(len(axes) + 1):
