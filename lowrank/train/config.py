@@ -32,7 +32,7 @@ DEFAULT_SPEC = (
     "swin_factorizer(channels=[8, 16, 32, 64], head_dim=4, patch=4, deep_supervision=2, pos_embed_size=none)"
 )
 #: Steps of the default run.
-DEFAULT_STEPS = 800
+DEFAULT_STEPS = 3200
 #: Peak AdamW learning rates when ``--lr`` is not given: small nets / the rest (see :func:`default_lr`).
 SMALL_NET_LR, LARGE_NET_LR = 2e-2, 3e-3
 #: Nets with fewer parameters than this count as small.
