@@ -31,9 +31,7 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,6 +39,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .files import atomic_path
 
 __all__ = [
     "FORMATS",
@@ -125,21 +125,6 @@ def _format(path: Path) -> str:
             "*.pt2 (torch.export) or *.ts (TorchScript)"
         )
     return fmt
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path next to ``path``, renamed to it when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -233,7 +218,7 @@ def export_model(
             f"{type(model).__name__} returns {type(reference).__name__} in eval mode; export needs one tensor"
         )
     got: torch.Tensor | None = None
-    with _quiet(), _atomic(path) as tmp:
+    with _quiet(), atomic_path(path, suffix=path.suffix) as tmp:
         if fmt == "torch.export":
             program = torch.export.export(model, (x,))
             torch.export.save(program, tmp, extra_files={"lowrank.json": json.dumps(info)})

@@ -29,12 +29,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..files import atomic_path, temp_prefix
 
 __all__ = [
     "FORMAT",
@@ -54,10 +55,6 @@ class CheckpointError(ValueError):
     net, or that cannot be written."""
 
 
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
 def remove_stale_temp_files(path: str | Path) -> list[Path]:
     """Delete the temp files that an interrupted :func:`save_checkpoint` of ``path`` left behind.
 
@@ -71,7 +68,7 @@ def remove_stale_temp_files(path: str | Path) -> list[Path]:
     removed = []
     if not path.parent.is_dir():
         return removed
-    for candidate in path.parent.glob(f"{_temp_prefix(path)}*.tmp"):
+    for candidate in path.parent.glob(f"{temp_prefix(path)}*.tmp"):
         try:
             candidate.unlink()
             removed.append(candidate)
@@ -107,23 +104,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             previous checkpoint, if any, is left as it was and no temp file remains.
     """
     path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-        tmp = None
         _fsync_folder(path.parent)
     except (OSError, RuntimeError) as err:
         raise _write_error(path, err) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -13,8 +13,6 @@ overwrites nothing.
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from torch import nn
 
 from .. import build_net
 from ..data import group_channel_files, normalize_intensity, read_nifti, require_nibabel, resample
+from ..files import atomic_path
 from .checkpoint import CheckpointError, load_checkpoint, net_info
 from .evaluate import evaluate_files
 from .infer import autocast_context, sliding_window_predict
@@ -147,18 +146,9 @@ def _to_original(seg_ras: np.ndarray, original) -> np.ndarray:
 
 def _write_atomic(img, out: Path) -> None:
     nib = require_nibabel()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if out.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    try:
+    suffix = ".nii.gz" if out.name.endswith(".gz") else ".nii"  # nibabel picks the format by name
+    with atomic_path(out, suffix=suffix) as tmp:
         nib.save(img, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_output_path(out: Path, folder: bool) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import controls
+from ..files import atomic_path
 
 __all__ = [
     "data_text",
@@ -55,26 +56,13 @@ def validation_text(cfg, split) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a text file atomically (a temp file in the same folder, then a rename).
+    """Write a text file atomically (:func:`lowrank.files.atomic_path`).
 
     A reader, or a crash at any moment, sees the previous file or the new one, never a part.
     """
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def _plt():
