@@ -8,7 +8,7 @@ import pytest
 nib = pytest.importorskip("nibabel")
 
 from lowrank.data import find_cases, load_cases, read_nifti  # noqa: E402
-from lowrank.train.config import load_split  # noqa: E402
+from lowrank.train.split import load_split  # noqa: E402
 
 
 def _save(path, array, affine=None):

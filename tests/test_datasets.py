@@ -10,8 +10,8 @@ from cli_data import CHANNELS, CLASSES, make_cases, save, write_datalist, write_
 
 from lowrank.data import dataset_names, find_dataset, load_dataset, split_cases
 from lowrank.data.volumes import FOLDS
-from lowrank.train.config import load_split
 from lowrank.train.evaluate import class_names
+from lowrank.train.split import load_split
 
 
 @pytest.fixture(scope="module")

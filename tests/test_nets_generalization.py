@@ -89,8 +89,8 @@ def variant_predictions(model, info) -> tuple[dict, dict, object]:
     Returns:
         ``(dice {variant: {class: dice}}, {variant: (raw slab (X, Y, Z), prediction)}, split)``.
     """
-    from lowrank.train.config import load_split
     from lowrank.train.infer import segmentation_metrics, sliding_window_predict
+    from lowrank.train.split import load_split
 
     split = load_split()
     z0, z1 = split.slab

@@ -11,15 +11,14 @@ from .config import (
     DEFAULT_SPEC,
     DEFAULT_STEPS,
     RESUMABLE,
-    DataSplit,
     TrainConfig,
     load_config_file,
-    load_split,
 )
 from .evaluate import evaluate
 from .infer import segmentation_metrics, sliding_window_predict
 from .loop import train
 from .predict import evaluate_files, load_model, predict_cases, predict_file
+from .split import DataSplit, load_split
 
 __all__ = [
     "DEFAULT_SPEC",

@@ -38,9 +38,10 @@ from .checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from .config import LEGACY_OPTIONS, RESUMABLE, TrainConfig, default_lr, load_split
+from .config import LEGACY_OPTIONS, RESUMABLE, TrainConfig, default_lr
 from .infer import autocast_context, mean_metric
 from .report import data_text, validation_text, write_text_atomic
+from .split import load_split
 from .steps import (
     forward_backward,
     make_loss,
